@@ -1,0 +1,55 @@
+"""The project's one normalisation of text (Tibetan first, any script safe).
+
+Preprocessing, tokenizer training, SFT data and evaluation all call :func:`normalize`, so training and
+test text agree. The rules, in the order they apply:
+
+1. Control characters (Unicode Cc other than tab/newline) and zero-width / invisible format characters
+   (ZWSP U+200B, ZWNJ U+200C, ZWJ U+200D, word joiner U+2060, BOM U+FEFF, soft hyphen U+00AD) are removed.
+2. Deprecated Tibetan vowel signs that NFC keeps are spelled out: U+0F77 -> U+0FB2 U+0F71 U+0F80,
+   U+0F79 -> U+0FB3 U+0F71 U+0F80 (Unicode discourages both; NFKC would do the same).
+3. Unicode NFC. For Tibetan this decomposes the composition-excluded precomposed letters and vowels
+   (U+0F43 GHA -> U+0F42 U+0FB7, U+0F73 -> U+0F71 U+0F72, ...) and puts combining marks into
+   canonical order, so every spelling of a syllable has one code-point sequence.
+4. The non-breaking tsheg U+0F0C becomes the ordinary tsheg U+0F0B (same syllable boundary).
+5. Spaces around a tsheg are dropped (a space never belongs inside a syllable run).
+6. A run of tshegs becomes one tsheg; a run of three or more shads becomes two (a double shad is
+   meaningful, longer runs are noise).
+7. Whitespace: every run of whitespace (including no-break and ideographic spaces) becomes one ASCII
+   space, and the text is stripped at both ends. Newlines inside a document are kept as "\n" only when
+   ``keep_newlines`` is set.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+TSHEG = "\u0f0b"
+NB_TSHEG = "\u0f0c"
+SHAD = "\u0f0d"
+
+_INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
+# Cc except \t \n \r (whitespace handled in rule 7); plus the invisible format characters above
+_REMOVE = re.compile("[" + "".join(chr(c) for c in range(0x20) if chr(c) not in "\t\n\r") + "\x7f-\x9f" + _INVISIBLE + "]")
+_DEPRECATED_VOWELS = str.maketrans({"\u0f77": "\u0fb2\u0f71\u0f80", "\u0f79": "\u0fb3\u0f71\u0f80"})
+_SPACE_AROUND_TSHEG = re.compile(r"[^\S\n]*" + TSHEG + r"[^\S\n]*")
+_TSHEG_RUN = re.compile(TSHEG + "{2,}")
+_SHAD_RUN = re.compile(SHAD + "{3,}")
+_SPACES = re.compile(r"[^\S\n]+")
+_SPACES_ALL = re.compile(r"\s+")
+_NEWLINE_SPACES = re.compile(r" ?\n ?")
+
+
+def normalize(text: str, keep_newlines: bool = False) -> str:
+    """Normalise ``text`` by the rules in this module's docstring."""
+    text = _REMOVE.sub("", text)
+    text = text.translate(_DEPRECATED_VOWELS)
+    text = unicodedata.normalize("NFC", text)
+    text = text.replace(NB_TSHEG, TSHEG)
+    text = _SPACE_AROUND_TSHEG.sub(TSHEG, text)
+    text = _TSHEG_RUN.sub(TSHEG, text)
+    text = _SHAD_RUN.sub(SHAD + SHAD, text)
+    if keep_newlines:
+        text = _NEWLINE_SPACES.sub("\n", _SPACES.sub(" ", text.replace("\r\n", "\n").replace("\r", "\n")))
+        return re.sub(r"\n{2,}", "\n", text).strip()
+    return _SPACES_ALL.sub(" ", text).strip()

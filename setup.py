@@ -1,0 +1,37 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron_tibetan",
+    version="0.1.0",
+    description="Continual pretraining and supervised fine-tuning of open LLMs for Tibetan on megatron-core",
+    packages=find_packages(include=["megatron_tibetan", "megatron_tibetan.*"]),
+    python_requires=">=3.10",
+    # torch is installed first and pinned by the Makefile (torch==2.13.0, CPU build); a range here
+    # that 2.13.0 satisfies installs nothing more.
+    install_requires=[
+        "torch>=2.6",
+        "megatron-core>=0.16.1",
+        "psutil>=5.9",  # needed by megatron.core.dist_checkpointing, not declared by it
+        "numpy>=1.26",
+        "transformers>=4.57",
+        "tokenizers>=0.21",
+        "safetensors>=0.4",
+        "sentencepiece>=0.2",
+        "sacrebleu>=2.4",
+        "submitit>=1.5",
+        "pyyaml>=6.0",
+        "tqdm>=4.66",
+        "zstandard>=0.22",
+        "matplotlib>=3.8",
+        "tensorboard>=2.15",
+        "gguf>=0.10",  # reading the SmolLM2 GGUF preset through transformers
+        "accelerate>=1.0",
+        "tiktoken>=0.7",
+    ],
+    extras_require={
+        # GPU cluster only: never installed in the CPU environment (the empty PyPI meta package
+        # `transformer-engine` alone makes `import megatron.core` fail).
+        "gpu": ["transformer-engine[pytorch]>=2.0"],
+        "test": ["pytest>=8"],
+    },
+)
