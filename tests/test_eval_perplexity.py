@@ -1,0 +1,94 @@
+"""Perplexity and bits per byte against an independent computation from transformers logits."""
+
+import math
+
+import pytest
+import torch
+
+from megatron_tibetan.evaluation.perplexity import document_start_id, perplexity, windows
+from megatron_tibetan.text import normalize
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from megatron_tibetan import presets
+
+    tok = AutoTokenizer.from_pretrained(str(presets.smollm2_hf_dir()))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=True)
+    path = tmp_path_factory.mktemp("tiny_llama")
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return model, tok
+
+
+def _reference_nll(model, ids, max_length, stride):
+    """Sum over targets p of -log p(ids[p] | ids[b(p):p]), b(p) the start of the first window holding p."""
+    total = 0.0
+    with torch.no_grad():
+        for p in range(1, len(ids)):
+            k = 0 if p < max_length else math.ceil((p - max_length + 1) / stride)
+            context = torch.tensor([ids[k * stride : p]])
+            logits = model(input_ids=context).logits[0, -1].double()
+            total -= torch.log_softmax(logits, -1)[ids[p]].item()
+    return total
+
+
+def _ids(tok, text):
+    return [document_start_id(tok)] + tok(normalize(text), add_special_tokens=False)["input_ids"]
+
+
+def test_perplexity_equals_transformers_logits(tiny, shared_data):
+    model, tok = tiny
+    lines = (shared_data / "eval" / "flores200.dev.bo").read_text(encoding="utf-8").splitlines()[:3]
+    lines.append("Hello, world.")
+    got = perplexity(model, tok, lines, max_length=1024, stride=512, progress=False)
+    ref_nll, ref_tokens = 0.0, 0
+    with torch.no_grad():
+        for line in lines:  # each line fits the context: one plain forward per document
+            ids = _ids(tok, line)
+            assert len(ids) <= 1024
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), -1)
+            ref_nll -= logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum().item()
+            ref_tokens += len(ids) - 1
+    assert got.tokens == ref_tokens
+    assert got.nll == pytest.approx(ref_nll, rel=1e-5)
+    assert got.perplexity == pytest.approx(math.exp(ref_nll / ref_tokens), rel=1e-5)
+
+
+def test_sliding_window_counts_each_token_once(tiny, shared_data):
+    model, tok = tiny
+    line = (shared_data / "eval" / "flores200.dev.bo").read_text(encoding="utf-8").splitlines()[0][:60]
+    ids = _ids(tok, line)
+    max_length, stride = 40, 16
+    assert len(ids) > 3 * max_length
+    spans = windows(len(ids), max_length, stride)
+    scored = [p for _, end, first in spans for p in range(first, end)]
+    assert scored == list(range(1, len(ids)))
+    got = perplexity(model, tok, [line], max_length=max_length, stride=stride, batch_tokens=100, progress=False)
+    assert got.tokens == len(ids) - 1
+    assert got.nll == pytest.approx(_reference_nll(model, ids, max_length, stride), rel=1e-5)
+    # a different window really changes the figure (the test can fail)
+    whole = perplexity(model, tok, [line], max_length=1024, stride=512, progress=False)
+    assert whole.nll != pytest.approx(got.nll, rel=1e-7)
+
+
+def test_bits_per_byte_by_hand(tiny):
+    model, tok = tiny
+    text = "  བཀྲ་ཤིས་\u200b  བདེ་ལེགས།  "
+    norm = normalize(text)
+    assert norm == "བཀྲ་ཤིས་བདེ་ལེགས།"
+    got = perplexity(model, tok, [text, "   "], progress=False)
+    assert got.bytes == 3 * 17 == len(norm.encode("utf-8"))
+    assert got.skipped_empty == 1 and got.documents == 1
+    assert got.bits_per_byte == pytest.approx(got.nll / math.log(2) / 51, rel=1e-12)
+    assert got.nll_per_token == pytest.approx(math.log(got.perplexity), rel=1e-12)
+
+
+def test_bad_stride():
+    with pytest.raises(ValueError, match="stride"):
+        windows(100, 32, 32)
