@@ -1,0 +1,69 @@
+"""Translation metrics on known inputs; syllable segmentation of a real FLORES line."""
+
+import random
+
+import pytest
+from sacrebleu.metrics import BLEU
+
+from megatron_tibetan.evaluation.metrics import METRICS, paired_bootstrap, score, syllable_view
+from megatron_tibetan.text import normalize
+
+
+@pytest.fixture(scope="module")
+def flores_bo(shared_data):
+    return (shared_data / "eval" / "flores200.dev.bo").read_text(encoding="utf-8").splitlines()[:40]
+
+
+def test_syllable_segmentation_of_a_flores_line(flores_bo):
+    line = flores_bo[2]  # Tibetan with digits, a time, Latin letters and brackets
+    expected = (
+        "ཇཨེས 39 སི གྷིརི པེན དེ རྒྱུག ལམ སྟེང ས གནས ཀྱི ཆུ ཚོད 9:30 ཡས མས ལ (0230 UTC) "
+        "བརྡབ སྐྱོན ཤོར ནས ཐོར ནས གནང ཐང དེ ཚོང འབྲེལ མཁའ གྲུའི ཆེད སྒོ རྒྱབ དགོས བྱུང ཡོད །"
+    ).split(" ")
+    assert syllable_view(line).split(" ") == [normalize(t) for t in expected]
+
+
+def test_identical_is_100_and_shuffled_is_lower(flores_bo):
+    same = score(flores_bo, flores_bo, n_bootstrap=50)
+    for key in METRICS:
+        assert same[key] == pytest.approx(100.0), key
+        low, high = same[f"{key}_ci95"]
+        assert low == pytest.approx(100.0) and high == pytest.approx(100.0)
+    shuffled = flores_bo[:]
+    random.Random(0).shuffle(shuffled)
+    worse = score(shuffled, flores_bo, n_bootstrap=50)
+    for key in METRICS:
+        assert worse[key] < 50.0, key
+        assert worse[f"{key}_ci95"][0] <= worse[f"{key}_ci95"][1]
+
+
+def test_syllable_bleu_is_informative_where_default_is_not(flores_bo):
+    # one wrong syllable per line: nearly every syllable n-gram still matches, but the space-delimited
+    # chunk that holds it (often the whole line: Tibetan has no spaces between words) no longer does
+    def damage(line):
+        parts = line.split("་")
+        parts[len(parts) // 2] = "ཀ"
+        return "་".join(parts)
+
+    damaged = [damage(line) for line in flores_bo]
+    got = score(damaged, flores_bo, n_bootstrap=1)
+    assert got["bleu_syllable"] > 85
+    assert 100 - got["bleu_default"] > 4 * (100 - got["bleu_syllable"])
+    assert got["bleu_syllable"] == pytest.approx(
+        BLEU(tokenize="none").corpus_score([syllable_view(h) for h in damaged], [[syllable_view(r) for r in flores_bo]]).score
+    )
+
+
+def test_paired_bootstrap_prefers_the_better_system(flores_bo):
+    shuffled = flores_bo[1:] + flores_bo[:1]
+    half = [r if i % 2 else s for i, (r, s) in enumerate(zip(flores_bo, shuffled))]
+    result = paired_bootstrap({"shuffled": shuffled, "half": half}, flores_bo, n_samples=100)
+    for key in METRICS:
+        assert result[key]["shuffled"]["p_value"] is None
+        assert result[key]["half"]["score"] > result[key]["shuffled"]["score"]
+        assert result[key]["half"]["p_value"] < 0.05
+
+
+def test_misaligned_files_are_an_error(flores_bo):
+    with pytest.raises(ValueError, match="line-aligned"):
+        score(flores_bo[:3], flores_bo[:4])
