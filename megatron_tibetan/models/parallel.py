@@ -1,0 +1,87 @@
+"""torch.distributed + megatron-core parallel_state for one process or a torchrun/Slurm job, CPU or GPU.
+
+``init_parallel(tp, pp)`` is the one place that picks the backend: ``gloo`` and
+:func:`megatron_tibetan.cpu.apply` when no GPU is in use, ``nccl`` with ``cuda.set_device(LOCAL_RANK)``
+otherwise. Rank and world size come from the environment torchrun sets (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), else Slurm's (``SLURM_PROCID``, ``SLURM_NTASKS``,
+``SLURM_LOCALID``; the launcher must export ``MASTER_ADDR``/``MASTER_PORT``), else a single process on a
+free local port. Training may wrap it; conversion and the tests use it directly.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+
+import torch
+
+from megatron_tibetan import cpu
+
+
+def _env_int(*names: str, default: int) -> int:
+    for name in names:
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return default
+
+
+def world() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's or Slurm's environment; (0, 1, 0) otherwise."""
+    rank = _env_int("RANK", "SLURM_PROCID", default=0)
+    size = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
+    local = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+    return rank, size, local
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_parallel(tp: int = 1, pp: int = 1, seed: int = 1234, backend: str | None = None, timeout_minutes: int = 30) -> None:
+    """Initialise torch.distributed (if not yet) and megatron-core's model-parallel groups and RNG.
+
+    ``backend`` None means ``nccl`` on a GPU, ``gloo`` on CPU. Data parallel size is world // (tp * pp).
+    Idempotent for the same sizes; call :func:`destroy_parallel` before changing them.
+    """
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+    use_gpu = torch.cuda.is_available() and backend != "gloo"
+    if not use_gpu:
+        cpu.apply()
+    rank, size, local = world()
+    if size % (tp * pp):
+        raise ValueError(f"world size {size} is not divisible by tensor parallel {tp} x pipeline parallel {pp}")
+    if not torch.distributed.is_initialized():
+        if use_gpu:
+            torch.cuda.set_device(local)
+        if size == 1 and not os.environ.get("MASTER_PORT"):
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ["MASTER_PORT"] = str(_free_port())
+        torch.distributed.init_process_group(
+            backend=backend or ("nccl" if use_gpu else "gloo"),
+            rank=rank,
+            world_size=size,
+            timeout=timedelta(minutes=timeout_minutes),
+        )
+    if parallel_state.model_parallel_is_initialized():
+        if (
+            parallel_state.get_tensor_model_parallel_world_size() == tp
+            and parallel_state.get_pipeline_model_parallel_world_size() == pp
+        ):
+            return
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    model_parallel_cuda_manual_seed(seed)
+
+
+def destroy_parallel() -> None:
+    """Tear down megatron's groups and the default process group (tests that change TP/PP in one process)."""
+    from megatron.core import parallel_state
+
+    parallel_state.destroy_model_parallel()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
