@@ -1,0 +1,338 @@
+"""Typed configuration for training stages: YAML files plus ``key.sub=value`` overrides.
+
+A config is a tree of dataclasses (:class:`TrainingConfig`); a YAML file sets any subset of it and the
+command line overrides single values, e.g. ``parallel.tensor_model_parallel_size=2`` or
+``data.paths=[runs/data/a_text_document,runs/data/b_text_document]``. Values are parsed as YAML and
+checked against the field's type; an unknown key or a wrong type is an error that names the key, the
+file and what was expected. Nothing here imports torch or megatron, so configs load in milliseconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value, key or combination is wrong; the message names it."""
+
+
+@dataclass
+class ModelConfig:
+    # The model comes from `checkpoint.load` (a converted Megatron checkpoint: its model.json) or, for a
+    # from-scratch run, from an HF config: a path to config.json / an HF directory, or the mapping inline.
+    hf_config: Optional[Union[str, dict]] = None
+    # "local" (torch layers: CPU and GPU), "transformer_engine" (GPU), or "auto" (TE when on GPU and importable)
+    transformer_impl: str = "auto"
+    recompute_granularity: Optional[str] = None  # None, "full" or "selective"
+    recompute_num_layers: int = 1
+    hidden_dropout: Optional[float] = None  # None keeps the HF config's value
+    attention_dropout: Optional[float] = None
+
+
+@dataclass
+class DataConfig:
+    # Indexed-dataset prefixes (without _text_document.bin/.idx suffix handling: give the full prefix,
+    # e.g. runs/data/nanhai_smollm2_text_document), optionally weighted. Megatron's flat form
+    # ["0.7", "a", "0.3", "b"] is accepted too.
+    paths: list = field(default_factory=list)
+    weights: Optional[list] = None
+    split: str = "98,2,0"  # train, validation, test per mille of documents, as Megatron's --split
+    seq_length: int = 1024
+    seed: Optional[int] = None  # None: train.seed
+    tokenizer: str = "smollm2"  # the tokenizer the dataset was written with (eod id, vocabulary size)
+    cache_dir: Optional[str] = None  # where GPTDataset keeps its index caches (default: beside the data)
+    eod_mask_loss: bool = False
+    # The command that builds the dataset; named in the error when a file is missing.
+    build_command: Optional[str] = None
+
+
+@dataclass
+class ParallelConfig:
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    virtual_pipeline_model_parallel_size: Optional[int] = None
+    sequence_parallel: bool = False
+    use_distributed_optimizer: bool = False
+    overlap_grad_reduce: bool = False
+    overlap_param_gather: bool = False
+
+
+@dataclass
+class PrecisionConfig:
+    dtype: str = "fp32"  # fp32 | bf16
+    fp8: Optional[str] = None  # None | hybrid | e4m3 (Transformer Engine only)
+    fp8_recipe: str = "delayed"  # delayed | tensorwise | mxfp8 | blockwise
+    fp8_amax_history_len: int = 1024
+    fp8_amax_compute_algo: str = "max"
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adam"  # AdamW (decoupled weight decay)
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+
+
+@dataclass
+class ScheduleConfig:
+    decay_style: str = "cosine"  # cosine | linear | constant | inverse-square-root
+    warmup_iterations: Optional[int] = None
+    warmup_fraction: float = 0.0  # used when warmup_iterations is None
+    decay_iterations: Optional[int] = None  # None: train.iterations
+    init_lr: float = 0.0
+
+
+@dataclass
+class BatchConfig:
+    micro_batch_size: int = 1
+    global_batch_size: int = 8  # gradient accumulation = global / (micro * data parallel size)
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 100
+    seed: int = 1234
+    device: str = "auto"  # auto | cpu | cuda
+    on_nonfinite_loss: str = "skip"  # skip | stop: what a NaN/inf loss does to the step
+    max_skipped_steps: int = 10  # stop after this many skipped steps in a row
+    exit_signal: str = "SIGTERM"  # the signal that saves and exits (Slurm's pre-emption sends SIGTERM)
+
+
+@dataclass
+class CheckpointConfig:
+    dir: Optional[str] = None  # where saves go; a run whose dir already has `latest` resumes from it
+    save_interval: Optional[int] = None  # None: save only at the end and on the exit signal
+    load: Optional[str] = None  # a checkpoint directory to resume (training state) or start from (weights)
+    finetune: bool = False  # load weights only from `load`, ignoring its optimizer/iteration (CPT -> SFT)
+    keep_last: Optional[int] = 3  # keep this many iteration folders; None keeps all
+    save_at_end: bool = True
+
+
+@dataclass
+class LoggingConfig:
+    dir: str = "runs/cpt"
+    interval: int = 1
+    tensorboard: bool = True
+    progress: bool = True  # a tqdm bar on rank 0; otherwise one line per logged step
+
+
+@dataclass
+class ValidationConfig:
+    interval: Optional[int] = None  # None: no validation during training
+    iterations: int = 10  # micro-batches per validation (per data-parallel rank)
+    # Extra held-out indexed-dataset prefixes (e.g. FLORES dev); default: the data split's validation part.
+    paths: Optional[list] = None
+    at_start: bool = False
+
+
+@dataclass
+class TrainingConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "model.transformer_impl": ("auto", "local", "transformer_engine"),
+    "model.recompute_granularity": (None, "full", "selective"),
+    "precision.dtype": ("fp32", "bf16"),
+    "precision.fp8": (None, "hybrid", "e4m3"),
+    "precision.fp8_recipe": ("delayed", "tensorwise", "mxfp8", "blockwise"),
+    "optimizer.name": ("adam",),
+    "schedule.decay_style": ("cosine", "linear", "constant", "inverse-square-root"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.on_nonfinite_loss": ("skip", "stop"),
+}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp, where: str) -> Any:
+    """``value`` checked against the annotation ``tp`` (ints pass as floats; a scalar becomes a one-item list)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{where}: {value!r} is not a {' or '.join(_type_name(a) for a in args)}")
+    if tp is bool or tp is int:
+        if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    if tp is list or origin is list:
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported field type {tp}")
+
+
+def _set(obj, dotted: str, value: Any, source: str) -> None:
+    *parents, leaf = dotted.split(".")
+    path = []
+    for name in parents:
+        path.append(name)
+        if not dataclasses.is_dataclass(obj) or name not in {f.name for f in dataclasses.fields(obj)}:
+            raise ConfigError(f"{source}: unknown key '{'.'.join(path)}' (known: {_known(obj)})")
+        obj = getattr(obj, name)
+    if not dataclasses.is_dataclass(obj):
+        raise ConfigError(f"{source}: '{'.'.join(parents)}' is a value, not a section")
+    hints = typing.get_type_hints(type(obj))
+    if leaf not in hints:
+        raise ConfigError(f"{source}: unknown key '{dotted}' (known in this section: {_known(obj)})")
+    if dataclasses.is_dataclass(hints[leaf]):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{dotted}' is a section; give a mapping or set {dotted}.KEY=VALUE")
+        for key, sub in value.items():
+            _set(getattr(obj, leaf), str(key), sub, f"{source} ({dotted})")
+        return
+    value = _coerce(value, hints[leaf], f"{source}: {dotted}")
+    setattr(obj, leaf, value)
+
+
+def _known(obj) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(obj))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'a.b=value'`` -> ``('a.b', yaml-parsed value)``."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected KEY=VALUE, e.g. train.iterations=10")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({e})") from e
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainingConfig:
+    """A :class:`TrainingConfig` from a YAML file (or the defaults) with ``key.sub=value`` overrides applied."""
+    cfg = TrainingConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections ({_known(cfg)})")
+        for section, values in data.items():
+            _set(cfg, str(section), values, str(path))
+    for text in overrides:
+        key, value = parse_override(text)
+        _set(cfg, key, value, f"override '{text}'")
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: TrainingConfig) -> None:
+    """Checks that need no hardware: choices, positivity, batch arithmetic that holds for any world size."""
+    for dotted, allowed in CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            raise ConfigError(f"{dotted}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+    positive = {
+        "parallel.tensor_model_parallel_size": cfg.parallel.tensor_model_parallel_size,
+        "parallel.pipeline_model_parallel_size": cfg.parallel.pipeline_model_parallel_size,
+        "batch.micro_batch_size": cfg.batch.micro_batch_size,
+        "batch.global_batch_size": cfg.batch.global_batch_size,
+        "train.iterations": cfg.train.iterations,
+        "data.seq_length": cfg.data.seq_length,
+        "logging.interval": cfg.logging.interval,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    if cfg.batch.global_batch_size % cfg.batch.micro_batch_size:
+        raise ConfigError(
+            f"batch.global_batch_size ({cfg.batch.global_batch_size}) is not a multiple of "
+            f"batch.micro_batch_size ({cfg.batch.micro_batch_size})"
+        )
+    if cfg.checkpoint.save_interval is not None and cfg.checkpoint.save_interval < 1:
+        raise ConfigError(f"checkpoint.save_interval must be >= 1 or null, got {cfg.checkpoint.save_interval}")
+    if cfg.checkpoint.keep_last is not None and cfg.checkpoint.keep_last < 1:
+        raise ConfigError(f"checkpoint.keep_last must be >= 1 or null, got {cfg.checkpoint.keep_last}")
+    if not 0.0 <= cfg.schedule.warmup_fraction < 1.0:
+        raise ConfigError(f"schedule.warmup_fraction must be in [0, 1), got {cfg.schedule.warmup_fraction}")
+    if cfg.optimizer.min_lr > cfg.optimizer.lr:
+        raise ConfigError(f"optimizer.min_lr ({cfg.optimizer.min_lr}) is above optimizer.lr ({cfg.optimizer.lr})")
+    if cfg.model.hf_config is None and cfg.checkpoint.load is None and cfg.checkpoint.dir is None:
+        raise ConfigError("no model: set model.hf_config (from scratch) or checkpoint.load (a converted checkpoint)")
+    if cfg.precision.fp8 is not None and cfg.model.transformer_impl == "local":
+        raise ConfigError("precision.fp8 needs model.transformer_impl transformer_engine (or auto on a GPU); the local spec has no FP8")
+    if cfg.parallel.virtual_pipeline_model_parallel_size is not None and cfg.parallel.pipeline_model_parallel_size < 2:
+        raise ConfigError("parallel.virtual_pipeline_model_parallel_size needs parallel.pipeline_model_parallel_size >= 2")
+    import signal
+
+    if not hasattr(signal, cfg.train.exit_signal):
+        raise ConfigError(f"train.exit_signal: {cfg.train.exit_signal!r} is not a signal name (e.g. SIGTERM, SIGUSR1)")
+
+
+def data_blend(paths: list, weights: Optional[list], where: str = "data") -> tuple[list[str], Optional[list[float]]]:
+    """(prefixes, weights or None) from a list of prefixes plus weights, or Megatron's flat "w1 p1 w2 p2" form."""
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise ConfigError(f"{where}.paths is empty: give at least one indexed-dataset prefix")
+
+    def _is_number(s: str) -> bool:
+        try:
+            float(s)
+            return True
+        except ValueError:
+            return False
+
+    if len(paths) % 2 == 0 and all(_is_number(p) for p in paths[0::2]) and not any(_is_number(p) for p in paths[1::2]):
+        if weights is not None:
+            raise ConfigError(f"{where}: weights are given both in {where}.paths and {where}.weights")
+        return paths[1::2], [float(w) for w in paths[0::2]]
+    if weights is None:
+        return paths, None
+    if len(weights) != len(paths):
+        raise ConfigError(f"{where}.weights has {len(weights)} values for {len(paths)} paths")
+    return paths, [float(w) for w in weights]

@@ -1,0 +1,65 @@
+"""Optimizer and learning-rate schedule: megatron-core's get_megatron_optimizer and OptimizerParamScheduler."""
+
+from __future__ import annotations
+
+import torch
+
+
+def warmup_iterations(cfg) -> int:
+    s = cfg.schedule
+    if s.warmup_iterations is not None:
+        return s.warmup_iterations
+    return int(round(s.warmup_fraction * decay_iterations(cfg)))
+
+
+def decay_iterations(cfg) -> int:
+    return max(cfg.schedule.decay_iterations or cfg.train.iterations, 1)
+
+
+def build_optimizer(cfg, model_chunks):
+    """AdamW over the DDP-wrapped chunks (megatron-core picks fused Adam on GPU, torch AdamW on CPU)."""
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    o = cfg.optimizer
+    config = OptimizerConfig(
+        optimizer=o.name,
+        lr=o.lr,
+        min_lr=o.min_lr,
+        weight_decay=o.weight_decay,
+        adam_beta1=o.adam_beta1,
+        adam_beta2=o.adam_beta2,
+        adam_eps=o.adam_eps,
+        clip_grad=o.clip_grad,
+        bf16=cfg.precision.dtype == "bf16",
+        params_dtype=torch.bfloat16 if cfg.precision.dtype == "bf16" else torch.float32,
+        use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
+        overlap_param_gather=cfg.parallel.overlap_param_gather,
+    )
+    return get_megatron_optimizer(config, model_chunks)
+
+
+def build_scheduler(cfg, optimizer):
+    """Linear warmup from ``schedule.init_lr`` to ``optimizer.lr``, then decay to ``optimizer.min_lr``."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    decay = decay_iterations(cfg)
+    warmup = warmup_iterations(cfg)
+    if warmup >= decay:
+        raise ValueError(f"schedule: {warmup} warmup iterations leave none of the {decay} decay iterations")
+    wd = cfg.optimizer.weight_decay
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=cfg.schedule.init_lr,
+        max_lr=cfg.optimizer.lr,
+        min_lr=cfg.optimizer.min_lr,
+        lr_warmup_steps=warmup,
+        lr_decay_steps=decay,
+        lr_decay_style=cfg.schedule.decay_style,
+        start_wd=wd,
+        end_wd=wd,
+        wd_incr_steps=decay,
+        wd_incr_style="constant",
+        # a resumed run keeps the schedule it was saved with; a changed config is reported by megatron-core
+        use_checkpoint_opt_param_scheduler=True,
+        override_opt_param_scheduler=False,
+    )
