@@ -53,7 +53,7 @@ def score(hyps: Sequence[str], refs: Sequence[str], n_bootstrap: int = 1000, whe
         result = metric.corpus_score([view(h) for h in hyps], [[view(r) for r in refs]], n_bootstrap=n_bootstrap)
         out[key] = result.score
         if n_bootstrap > 1:
-            out[f"{key}_ci95"] = [result._mean - result._ci, result._mean + result._ci]
+            out[f"{key}_ci95"] = [float(result._mean - result._ci), float(result._mean + result._ci)]
         out["signatures"][key] = str(metric.get_signature())
     return out
 
@@ -74,7 +74,8 @@ def paired_bootstrap(systems: dict[str, Sequence[str]], refs: Sequence[str], n_s
         _, scores = test()
         results = next(v for k, v in scores.items() if k != "System")
         out[key] = {
-            name: {"score": r.score, "p_value": r.p_value, "mean": r.mean, "ci95": [r.mean - r.ci, r.mean + r.ci]}
+            name: {"score": float(r.score), "p_value": None if r.p_value is None else float(r.p_value),
+                   "mean": float(r.mean), "ci95": [float(r.mean - r.ci), float(r.mean + r.ci)]}
             for name, r in zip(scores["System"], results)
         }
     return out

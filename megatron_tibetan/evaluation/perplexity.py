@@ -101,6 +101,7 @@ def _window_nll(model, batch, pad_id: int, chunk: int = 1024) -> float:
         ids[row, : len(window)] = torch.tensor(window)
         mask[row, : len(window)] = 1
         targets[row, first : len(window)] = True
+    ids, mask, targets = ids.to(model.device), mask.to(model.device), targets.to(model.device)
     hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
     # the hidden state at j-1 predicts token j; project only the positions we score (keeps logits small)
     h = hidden[:, :-1][targets[:, 1:]]

@@ -69,12 +69,12 @@ def translate(
             ids[r, width - len(prompts[i]) :] = torch.tensor(prompts[i])
             mask[r, width - len(prompts[i]) :] = 1
         generated = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
+            input_ids=ids.to(model.device), attention_mask=mask.to(model.device), max_new_tokens=max_new_tokens, num_beams=num_beams,
             do_sample=False, eos_token_id=stops, pad_token_id=pad, early_stopping=num_beams > 1,
             temperature=None, top_p=None, top_k=None,
         )
         for r, i in enumerate(rows):
-            new = generated[r, width:].tolist()
+            new = generated[r, width:].cpu().tolist()
             cut = next((k for k, t in enumerate(new) if t in stops), len(new))
             text = tokenizer.decode(new[:cut], skip_special_tokens=True)
             outputs[i] = " ".join(text.split())

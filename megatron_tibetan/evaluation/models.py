@@ -1,0 +1,65 @@
+"""What ``--model`` may name: an HF directory, or a Megatron checkpoint directory exported to HF on the way."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from megatron_tibetan import presets
+from megatron_tibetan.training import checkpoint as layout
+
+
+def is_megatron_checkpoint(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / layout.MODEL_SPEC).is_file() and (path / layout.LATEST).is_file()
+
+
+def hf_model_dir(path: str | Path, export_root: str | Path | None = None) -> Path:
+    """``path`` itself if it is an HF directory; for a Megatron checkpoint, its latest iteration exported
+    (once, cached by path and iteration) with :func:`megatron_tibetan.convert.export_hf`."""
+    path = Path(path)
+    if str(path) == "smollm2":
+        return presets.smollm2_hf_dir()
+    if is_megatron_checkpoint(path):
+        return _export(path, Path(export_root) if export_root else presets.cache_dir() / "exports")
+    if (path / "config.json").is_file():
+        return path
+    raise FileNotFoundError(
+        f"--model {path}: neither an HF model directory (config.json + safetensors) nor a Megatron checkpoint "
+        f"directory ({layout.MODEL_SPEC} + {layout.LATEST})"
+    )
+
+
+def _export(path: Path, root: Path) -> Path:
+    iteration = layout.latest_iteration_dir(path)
+    key = hashlib.sha1(str(iteration.resolve()).encode()).hexdigest()[:12]
+    target = root / f"{path.name}.{iteration.name}.{key}"
+    if (target / ".complete").exists():
+        return target
+    from megatron_tibetan.convert import export_hf
+
+    tmp = root / f".{target.name}.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    export_hf(path, tmp)
+    (tmp / ".complete").touch()
+    shutil.rmtree(target, ignore_errors=True)
+    os.rename(tmp, target)  # a half-written export is never visible under the target name
+    return target
+
+
+def load(path: str | Path, tokenizer: str | None = None, export_root: str | Path | None = None,
+         device: str = "cpu", dtype: str = "float32"):
+    """(model in eval mode, tokenizer, HF directory) for an HF directory or a Megatron checkpoint."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from megatron_tibetan.tokenizer.base import load_tokenizer
+
+    where = hf_model_dir(path, export_root)
+    model = AutoModelForCausalLM.from_pretrained(str(where), dtype=getattr(torch, dtype)).to(device).eval()
+    spec = tokenizer or where
+    if not tokenizer and not (where / "tokenizer.json").is_file() and not (where / "tokenizer_config.json").is_file():
+        raise FileNotFoundError(f"{where} has no tokenizer: pass --tokenizer")
+    return model, load_tokenizer(spec), where

@@ -1,0 +1,103 @@
+"""An evaluation run: models x (perplexity sets, translation sets) -> OUT/metrics.json, OUT/*.hyp, OUT/report.md."""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+from pathlib import Path
+
+from megatron_tibetan.evaluation import metrics, models, report
+from megatron_tibetan.evaluation.perplexity import perplexity
+from megatron_tibetan.evaluation.translate import translate
+
+
+def read_lines(path: str | Path, limit: int | None = None) -> list[str]:
+    """Lines of a UTF-8 text file (.xz and .gz read compressed), without their newline."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    opener = {".xz": lzma.open, ".gz": gzip.open}.get(path.suffix, open)
+    lines = []
+    # newline="\n": only LF ends a line, as in every other tool reading these files (keeps alignment)
+    with opener(path, "rt", encoding="utf-8", newline="\n") as f:
+        for line in f:
+            if limit is not None and len(lines) >= limit:
+                break
+            lines.append(line.rstrip("\n").rstrip("\r"))
+    return lines
+
+
+def decode_name(beams: int) -> str:
+    return "greedy" if beams == 1 else f"beam{beams}"
+
+
+def hyp_path(out: Path, model: str, set_name: str) -> Path:
+    return out / f"{model}.{set_name}.hyp"
+
+
+def evaluate(
+    model_paths: dict[str, str],
+    out: str | Path,
+    ppl_files: list[str] = (),
+    translations: dict[str, str] | None = None,
+    ref: str | None = None,
+    beams: tuple[int, ...] = (1,),
+    limit: int | None = None,
+    whole_file: bool = False,
+    max_length: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    n_bootstrap: int = 1000,
+    tokenizer: str | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> dict:
+    """Evaluate each model; write hypotheses, metrics.json and report.md into ``out``; return the metrics."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    translations = translations or {}
+    if translations and not ref:
+        raise ValueError("translation needs --ref (the Tibetan reference, line-aligned with the sources)")
+    refs = read_lines(ref, limit) if translations else []
+    sources = {lang: read_lines(src, limit) for lang, src in translations.items()}
+    for lang, lines in sources.items():
+        if len(lines) != len(refs):
+            raise ValueError(f"{translations[lang]} has {len(lines)} lines but {ref} has {len(refs)}: not line-aligned")
+    texts = {Path(f).name: read_lines(f) for f in ppl_files}
+    results: dict = {}
+    hyps: dict[str, dict[str, list[str]]] = {}
+    for name, path in model_paths.items():
+        model, tok, where = models.load(path, tokenizer, device=device, dtype=dtype)
+        print(f"[evaluate] {name}: {where}", flush=True)
+        results[name] = {}
+        for set_name, lines in texts.items():
+            docs = ["\n".join(lines)] if whole_file else lines
+            results[name][set_name] = perplexity(model, tok, docs, max_length, stride, batch_tokens=batch_size * 1024).as_dict()
+        for lang, lines in sources.items():
+            for b in beams:
+                set_name = f"{lang}-bo.{decode_name(b)}"
+                out_lines = translate(model, tok, lines, lang, num_beams=b, batch_size=batch_size, max_new_tokens=max_new_tokens)
+                hyp_path(out, name, set_name).write_text("".join(h + "\n" for h in out_lines), encoding="utf-8")
+                hyps.setdefault(set_name, {})[name] = out_lines
+                results[name][set_name] = metrics.score(out_lines, refs, n_bootstrap, where=set_name)
+        report.metrics_report(results, out)  # after every model, so a long run leaves partial results
+        del model
+    significance = {s: metrics.paired_bootstrap(h, refs, n_bootstrap) for s, h in hyps.items() if len(h) > 1}
+    report.metrics_report(results, out, significance)
+    return results
+
+
+def score_files(hyp_files: list[str], ref: str, out: str | Path, n_bootstrap: int = 1000) -> dict:
+    """Score existing hypothesis files against one reference (no model); paired test when there are several."""
+    out = Path(out)
+    refs = read_lines(ref)
+    systems = {Path(h).name.removesuffix(".hyp"): read_lines(h) for h in hyp_files}
+    if len(systems) != len(hyp_files):
+        raise ValueError(f"hypothesis files need distinct names: {hyp_files}")
+    set_name = Path(ref).name
+    results = {name: {set_name: metrics.score(lines, refs, n_bootstrap, where=str(path))}
+               for (name, lines), path in zip(systems.items(), hyp_files)}
+    significance = {set_name: metrics.paired_bootstrap(systems, refs, n_bootstrap)} if len(systems) > 1 else {}
+    report.metrics_report(results, out, significance)
+    return results

@@ -1,0 +1,92 @@
+"""The command-line tools end to end: tools/evaluate.py (model and --hyp modes), tools/analyze_layers.py."""
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = {"bleu_syllable", "bleu_default", "chrf", "chrf_pp"}
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from megatron_tibetan import presets
+
+    tok = AutoTokenizer.from_pretrained(str(presets.smollm2_hf_dir()))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True)
+    path = tmp_path_factory.mktemp("tiny") / "tiny"
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_score_existing_translations(shared_data, tmp_path):
+    ref = shared_data / "eval" / "tatoeba.bo-en.bo"
+    lines = ref.read_text(encoding="utf-8").splitlines()
+    shuffled = lines[:]
+    random.Random(1).shuffle(shuffled)
+    (tmp_path / "same.hyp").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "shuffled.hyp").write_text("\n".join(shuffled) + "\n", encoding="utf-8")
+    _tool("evaluate")(["--hyp", str(tmp_path / "same.hyp"), str(tmp_path / "shuffled.hyp"), "--ref", str(ref),
+                       "--output", str(tmp_path / "out"), "--bootstrap", "100"])
+    got = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    same, worse = got["models"]["same"][ref.name], got["models"]["shuffled"][ref.name]
+    assert KEYS <= set(same)
+    meaningful = KEYS - {"bleu_default"}
+    assert all(same[k] == pytest.approx(100.0) for k in meaningful)
+    assert all(worse[k] < same[k] for k in meaningful)
+    # each short Tatoeba line is a single 13a "word" (Tibetan has no spaces): no 4-gram, so the default
+    # BLEU of a perfect copy is 0; this is why the syllable BLEU exists
+    assert same["bleu_default"] == 0.0
+    assert got["significance"][ref.name]["bleu_syllable"]["shuffled"]["p_value"] < 0.05
+    assert "Paired bootstrap" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_evaluate_a_model(tiny_dir, shared_data, tmp_path):
+    ev = shared_data / "eval"
+    out = tmp_path / "out"
+    _tool("evaluate")(["--model", f"tiny={tiny_dir}", "--ppl", str(ev / "tatoeba.bo-en.bo"),
+                       "--translate", f"en={ev / 'tatoeba.bo-en.en'}", "--ref", str(ev / "tatoeba.bo-en.bo"),
+                       "--limit", "4", "--beams", "1,2", "--max-new-tokens", "4", "--bootstrap", "20",
+                       "--output", str(out)])
+    got = json.loads((out / "metrics.json").read_text())["models"]["tiny"]
+    ppl = got["tatoeba.bo-en.bo"]
+    assert ppl["documents"] == 38 and ppl["perplexity"] > 1 and ppl["bits_per_byte"] > 0
+    for decode in ("greedy", "beam2"):
+        assert KEYS | {f"{k}_ci95" for k in KEYS} <= set(got[f"en-bo.{decode}"])
+        hyp = (out / f"tiny.en-bo.{decode}.hyp").read_text(encoding="utf-8")
+        assert hyp.count("\n") == 4
+    assert "## Perplexity" in (out / "report.md").read_text()
+
+
+def test_analyze_layers_tool(tiny_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    tensors = load_file(tiny_dir / "model.safetensors")
+    tensors["model.layers.1.mlp.up_proj.weight"] = tensors["model.layers.1.mlp.up_proj.weight"] + 0.01
+    save_file(tensors, changed / "model.safetensors")
+    (changed / "config.json").write_text((tiny_dir / "config.json").read_text())
+    _tool("analyze_layers")(["--base", str(tiny_dir), "--adapted", f"cpt={changed}", "--output", str(tmp_path / "out")])
+    result = json.loads((tmp_path / "out" / "analysis.json").read_text())["comparisons"]["cpt"]
+    top = max(result["tensors"], key=lambda t: t["relative"])
+    assert top["name"] == "model.layers.1.mlp.up_proj.weight"
+    assert [t["name"] for t in result["tensors"] if t["delta_norm"] > 0] == [top["name"]]
+    assert (tmp_path / "out" / "heatmap_cpt.png").stat().st_size > 1000

@@ -1,0 +1,39 @@
+#!/usr/bin/env python
+"""Layer-wise analysis of weight change: tools/analyze_layers.py --base A --adapted B [C ...] --output OUT
+
+Models are HF directories or Megatron checkpoints (exported on the way). Writes OUT/analysis.json, PNG
+heatmaps (layer x module) and top-k bars per adapted model, modules.png, correlation plots and report.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from megatron_tibetan.evaluation.layers import analyze  # noqa: E402
+from megatron_tibetan.evaluation.models import hf_model_dir  # noqa: E402
+from megatron_tibetan.evaluation.report import layers_report  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", required=True, help="the base model (HF dir, Megatron checkpoint dir or 'smollm2')")
+    p.add_argument("--adapted", nargs="+", required=True, help="adapted models; NAME=DIR to name one")
+    p.add_argument("--chain", action="store_true", help="compare each adapted model with the one before it (base -> CPT -> SFT)")
+    p.add_argument("--output", required=True)
+    p.add_argument("--top", type=int, default=15, help="tensors listed in report.md per model")
+    a = p.parse_args(argv)
+    names, paths = [], []
+    for spec in a.adapted:
+        name, _, path = spec.rpartition("=")
+        names.append(name or Path(path).name)
+        paths.append(hf_model_dir(path))
+    result = analyze(hf_model_dir(a.base), paths, names=names, chain=a.chain)
+    print(f"[analyze_layers] wrote {layers_report(result, a.output, top=a.top)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+#!/usr/bin/env python
+"""Evaluate models (HF directories or Megatron checkpoints) or score existing translations.
+
+  tools/evaluate.py --model DIR [--model NAME=DIR ...] --ppl FILES --translate zh=SRC,en=SRC --ref BO_FILE --output OUT
+  tools/evaluate.py --hyp FILE [FILE ...] --ref FILE --output OUT
+
+Writes OUT/metrics.json, OUT/<model>.<set>.hyp and OUT/report.md (see megatron_tibetan/evaluation/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from megatron_tibetan.evaluation.run import evaluate, score_files  # noqa: E402
+
+
+def _models(specs: list[str]) -> dict[str, str]:
+    models = {}
+    for spec in specs:
+        name, _, path = spec.rpartition("=")
+        name = name or Path(path).name
+        if name in models:
+            raise SystemExit(f"--model: two models named {name!r}; name them with NAME=DIR")
+        models[name] = path
+    return models
+
+
+def _translations(spec: str | None) -> dict[str, str]:
+    out = {}
+    for item in (spec or "").split(","):
+        if item:
+            lang, sep, path = item.partition("=")
+            if not sep:
+                raise SystemExit(f"--translate: {item!r} is not LANG=FILE (e.g. zh=flores200.dev.zh)")
+            out[lang] = path
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", default=[], help="HF dir, Megatron checkpoint dir or 'smollm2'; NAME=DIR to name it")
+    p.add_argument("--ppl", nargs="*", default=[], help="text files scored for perplexity and bits per byte (one document per line)")
+    p.add_argument("--whole-file", action="store_true", help="score each --ppl file as one document (sliding window)")
+    p.add_argument("--translate", help="LANG=SOURCE_FILE[,LANG=SOURCE_FILE]: translate into Tibetan (zh, en)")
+    p.add_argument("--ref", help="Tibetan reference, line-aligned with the sources / hypotheses")
+    p.add_argument("--hyp", nargs="*", default=[], help="score these hypothesis files against --ref (no model)")
+    p.add_argument("--output", required=True, help="output directory")
+    p.add_argument("--beams", default="1", help="comma-separated beam sizes; 1 is greedy (e.g. 1,4)")
+    p.add_argument("--limit", type=int, help="translate only the first N lines")
+    p.add_argument("--max-length", type=int, help="perplexity window in tokens (default: the model's context, at most 2048)")
+    p.add_argument("--stride", type=int, help="sliding-window step in tokens (default: half the window)")
+    p.add_argument("--batch-size", type=int, default=8, help="sentences per generation batch; perplexity packs batch-size x 1024 tokens")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals and paired tests")
+    p.add_argument("--tokenizer", help="tokenizer spec when the model directory has none")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    a = p.parse_args(argv)
+    if a.hyp:
+        if a.model or not a.ref:
+            raise SystemExit("--hyp scores existing translations: give --ref and no --model")
+        score_files(a.hyp, a.ref, a.output, a.bootstrap)
+    else:
+        if not a.model or not (a.ppl or a.translate):
+            raise SystemExit("give --model and at least one of --ppl, --translate (or --hyp with --ref)")
+        evaluate(
+            _models(a.model), a.output, ppl_files=a.ppl, translations=_translations(a.translate), ref=a.ref,
+            beams=tuple(int(b) for b in a.beams.split(",")), limit=a.limit, whole_file=a.whole_file,
+            max_length=a.max_length, stride=a.stride, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
+            n_bootstrap=a.bootstrap, tokenizer=a.tokenizer, device=a.device, dtype=a.dtype,
+        )
+    print(f"[evaluate] wrote {Path(a.output) / 'metrics.json'} and {Path(a.output) / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()
