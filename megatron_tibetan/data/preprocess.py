@@ -1,0 +1,283 @@
+"""Raw Tibetan corpora -> Megatron indexed datasets (``<prefix>_<key>_document.bin/.idx``) + stats.
+
+The pipeline, per chunk of about ``chunk_bytes`` of input:
+
+    main process: read + decompress -> chunk ──► worker pool (ordered): decode, normalise, filter,
+    tokenise with the Rust ``tokenizers`` encode_batch, pack tokens into one numpy array
+    ◄── main process: drop exact duplicates, write through megatron-core's IndexedDatasetBuilder
+
+Chunks are consumed in submission order, so the output does not depend on ``workers``. At most
+``2 * workers + 2`` chunks are in flight, so memory is bounded by the chunk size, the duplicate table
+(``dedup_memory_mb``) and megatron-core's index lists (about 20 bytes a document), not by the input size.
+Each worker encodes on one thread (``TOKENIZERS_PARALLELISM=false``): ``workers`` is the core count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Iterator, NamedTuple
+
+import numpy as np
+
+from megatron_tibetan.data.indexed import DocumentWriter, dataset_prefix, token_dtype
+from megatron_tibetan.text.filters import DROP_REASONS, DuplicateFilter, FilterConfig, check_text, text_digest
+from megatron_tibetan.text.normalize import normalize
+from megatron_tibetan.text.readers import InputError, RawDocument, decode_document, expand_inputs, is_jsonl, read_documents
+from megatron_tibetan.text.segment import count_syllables
+
+MAX_INVALID_REPORTED = 100  # invalid UTF-8 locations kept in stats.json (all are counted)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    inputs: tuple[str, ...]
+    output_prefix: str
+    tokenizer: str
+    workers: int = 1
+    json_keys: tuple[str, ...] = ("text",)
+    append_eod: bool = False
+    normalize: bool = True
+    paragraphs: bool = False  # .txt: blank-line separated documents instead of one per line
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    limit: int | None = None  # only the first N input documents
+    chunk_bytes: int = 1 << 20
+    progress: bool = True
+
+
+class _WorkerSpec(NamedTuple):
+    tokenizer_json: str
+    json_keys: tuple[str, ...]
+    normalize: bool
+    filters: FilterConfig
+    eod_id: int | None  # appended to every document when set
+    dtype: str
+
+
+class _Chunk(NamedTuple):
+    """What a worker returns for one chunk. ``kept`` are the documents that passed the per-document
+    filters (duplicates are decided in the main process, which sees every document)."""
+
+    documents: int
+    raw_bytes: int
+    dropped: dict[str, int]
+    invalid_utf8: list[str]
+    digests: np.ndarray  # per kept document
+    syllables: np.ndarray
+    text_bytes: np.ndarray
+    lengths: list[np.ndarray]  # per key, per kept document (eod included)
+    tokens: list[np.ndarray]  # per key, all kept documents concatenated
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(spec: _WorkerSpec) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker
+    from tokenizers import Tokenizer
+
+    _WORKER["tokenizer"] = Tokenizer.from_str(spec.tokenizer_json)
+    _WORKER["spec"] = spec
+
+
+def _encode_chunk(docs: list[RawDocument]) -> _Chunk:
+    spec: _WorkerSpec = _WORKER["spec"]
+    dropped: dict[str, int] = {}
+    invalid: list[str] = []
+    kept_texts: list[tuple[str, ...]] = []
+    for doc in docs:
+        try:
+            texts = decode_document(doc, spec.json_keys)
+        except UnicodeDecodeError:
+            dropped["invalid_utf8"] = dropped.get("invalid_utf8", 0) + 1
+            invalid.append(f"{doc.source}:{doc.line}")
+            continue
+        if spec.normalize:
+            texts = tuple(normalize(t, keep_newlines=True) for t in texts)
+        reason = next((r for r in (check_text(t, spec.filters) for t in texts) if r), None)
+        if reason:
+            dropped[reason] = dropped.get(reason, 0) + 1
+        else:
+            kept_texts.append(texts)
+    lengths, tokens = [], []
+    for k in range(len(spec.json_keys)):
+        key_lengths, key_tokens = _tokenize([t[k] for t in kept_texts], spec)
+        lengths.append(key_lengths)
+        tokens.append(key_tokens)
+    return _Chunk(
+        documents=len(docs),
+        raw_bytes=sum(len(d.data) for d in docs),
+        dropped=dropped,
+        invalid_utf8=invalid,
+        digests=np.array([text_digest(t) if spec.filters.dedup else 0 for t in kept_texts], dtype=np.uint64),
+        syllables=np.array([sum(map(count_syllables, t)) for t in kept_texts], dtype=np.int64),
+        text_bytes=np.array([sum(len(x.encode("utf-8")) for x in t) for t in kept_texts], dtype=np.int64),
+        lengths=lengths,
+        tokens=tokens,
+    )
+
+
+def _tokenize(texts: list[str], spec: _WorkerSpec) -> tuple[np.ndarray, np.ndarray]:
+    ids = [e.ids for e in _WORKER["tokenizer"].encode_batch(texts, add_special_tokens=True)]
+    if spec.eod_id is not None:
+        for x in ids:
+            x.append(spec.eod_id)
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=spec.dtype, count=int(lengths.sum()))
+    return lengths, flat
+
+
+def _chunks(docs: Iterable[RawDocument], chunk_bytes: int) -> Iterator[list[RawDocument]]:
+    chunk, size = [], 0
+    for doc in docs:
+        chunk.append(doc)
+        size += len(doc.data)
+        if size >= chunk_bytes:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+class _Totals:
+    """Running counts; becomes the body of ``<prefix>_stats.json``."""
+
+    def __init__(self, keys: tuple[str, ...]):
+        self.documents_in = self.documents_out = self.bytes_in = self.bytes_out = self.syllables = 0
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
+        self.invalid_utf8: list[str] = []
+        self.tokens = dict.fromkeys(keys, 0)
+
+
+def _write_chunk(chunk: _Chunk, writers: dict, dedup: DuplicateFilter | None, totals: _Totals) -> None:
+    keep = np.ones(len(chunk.digests), dtype=bool)
+    if dedup is not None:
+        keep = np.array([not dedup.seen(d) for d in chunk.digests.tolist()], dtype=bool)
+    totals.documents_in += chunk.documents
+    totals.bytes_in += chunk.raw_bytes
+    for reason, n in chunk.dropped.items():
+        totals.dropped[reason] += n
+    totals.dropped["duplicate"] += int((~keep).sum())
+    room = MAX_INVALID_REPORTED - len(totals.invalid_utf8)
+    totals.invalid_utf8.extend(chunk.invalid_utf8[: max(room, 0)])
+    totals.documents_out += int(keep.sum())
+    totals.syllables += int(chunk.syllables[keep].sum())
+    totals.bytes_out += int(chunk.text_bytes[keep].sum())
+    for (key, writer), lengths, tokens in zip(writers.items(), chunk.lengths, chunk.tokens):
+        ends = np.cumsum(lengths)
+        for end, length in zip(ends[keep].tolist(), lengths[keep].tolist()):
+            writer.add(tokens[end - length : end])
+        totals.tokens[key] += int(lengths[keep].sum())
+
+
+def _check_inputs(config: PreprocessConfig) -> list:
+    paths = expand_inputs(config.inputs)
+    text_files = [p for p in paths if not is_jsonl(p)]
+    if text_files and len(config.json_keys) != 1:
+        raise InputError(f"{text_files[0]}: a text file has one document text; --json-keys must name one key")
+    if config.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {config.workers}")
+    return paths
+
+
+def preprocess(config: PreprocessConfig) -> dict:
+    """Tokenise ``config.inputs`` into ``<output_prefix>_<key>_document.bin/.idx`` (one per JSON key) and
+    ``<output_prefix>_stats.json``; returns the stats. Bad input raises :class:`InputError` (or
+    ``FileNotFoundError``) naming the file, line or key; no partial dataset is left behind."""
+    from tqdm import tqdm
+
+    from megatron_tibetan.tokenizer.base import load_tokenizer
+
+    start = time.perf_counter()
+    paths = _check_inputs(config)
+    tokenizer = load_tokenizer(config.tokenizer)
+    eod_id = tokenizer.eos_token_id if config.append_eod else None
+    if config.append_eod and eod_id is None:
+        raise ValueError(f"tokenizer '{config.tokenizer}' has no eos token to append as eod")
+    dtype = token_dtype(len(tokenizer))
+    spec = _WorkerSpec(
+        tokenizer.backend_tokenizer.to_str(), config.json_keys, config.normalize, config.filters, eod_id,
+        np.dtype(dtype).name,
+    )
+    dedup = DuplicateFilter(config.filters.dedup_memory_mb) if config.filters.dedup else None
+    totals = _Totals(config.json_keys)
+    docs = itertools.chain.from_iterable(read_documents(p, config.paragraphs) for p in paths)
+    docs = itertools.islice(docs, config.limit)
+    prefixes = {key: dataset_prefix(config.output_prefix, key) for key in config.json_keys}
+    progress = tqdm(desc="preprocess", unit="B", unit_scale=True, unit_divisor=1000, mininterval=1.0,
+                    disable=not config.progress, file=sys.stderr)
+    # spawn: workers start clean (no copy of this process's torch/megatron state), one tokenizer each
+    with multiprocessing.get_context("spawn").Pool(config.workers, _init_worker, (spec,)) as pool, \
+            contextlib.ExitStack() as stack:
+        writers = {key: stack.enter_context(DocumentWriter(prefix, dtype)) for key, prefix in prefixes.items()}
+        pending: deque = deque()
+
+        def consume() -> None:
+            _write_chunk(pending.popleft().get(), writers, dedup, totals)
+            progress.update(totals.bytes_in - progress.n)
+            progress.set_postfix(docs_s=f"{totals.documents_in / max(time.perf_counter() - start, 1e-9):.0f}")
+
+        for chunk in _chunks(docs, config.chunk_bytes):
+            pending.append(pool.apply_async(_encode_chunk, (chunk,)))
+            if len(pending) > 2 * config.workers + 1:
+                consume()
+        while pending:
+            consume()
+        _check_totals(totals, paths)
+    progress.close()
+    stats = _stats(config, totals, tokenizer, dtype, eod_id, dedup, prefixes, time.perf_counter() - start)
+    with open(config.output_prefix + "_stats.json", "w") as f:
+        json.dump(stats, f, indent=2, ensure_ascii=False)
+    return stats
+
+
+def _check_totals(totals: _Totals, paths: list) -> None:
+    """Raise (so no dataset is written) when there was nothing to read or nothing survived."""
+    names = ", ".join(map(str, paths))
+    if totals.documents_in == 0:
+        raise InputError(f"empty input: no documents in {names}")
+    if totals.documents_out == 0:
+        drops = ", ".join(f"{r}={n}" for r, n in totals.dropped.items() if n)
+        raise InputError(f"all {totals.documents_in} documents of {names} were dropped ({drops})")
+    assert totals.documents_in == totals.documents_out + sum(totals.dropped.values()), "document counts do not balance"
+
+
+def _stats(config, totals: _Totals, tokenizer, dtype, eod_id, dedup, prefixes, seconds: float) -> dict:
+    tokens = sum(totals.tokens.values())
+    eods = totals.documents_out * len(prefixes) if eod_id is not None else 0
+    return {
+        "inputs": list(config.inputs),
+        "datasets": prefixes,
+        "tokenizer": str(config.tokenizer),
+        "vocab_size": len(tokenizer),
+        "dtype": np.dtype(dtype).name,
+        "append_eod": config.append_eod,
+        "eod_id": eod_id,
+        "normalize": config.normalize,
+        "paragraphs": config.paragraphs,
+        "filters": asdict(config.filters),
+        "limit": config.limit,
+        "workers": config.workers,
+        "documents_in": totals.documents_in,
+        "documents_out": totals.documents_out,
+        "dropped": totals.dropped,
+        "invalid_utf8_lines": totals.invalid_utf8,
+        "tokens": tokens,
+        "tokens_per_key": totals.tokens,
+        "bytes_in": totals.bytes_in,
+        "bytes_out": totals.bytes_out,
+        "syllables": totals.syllables,
+        "tokens_per_syllable": (tokens - eods) / totals.syllables if totals.syllables else None,
+        "dedup_entries": dedup.entries if dedup else None,
+        "dedup_not_remembered": dedup.not_remembered if dedup else None,
+        "seconds": round(seconds, 3),
+        "docs_per_s": round(totals.documents_in / seconds, 1),
+        "mb_per_s": round(totals.bytes_in / 1e6 / seconds, 3),
+    }
