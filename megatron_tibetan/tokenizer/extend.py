@@ -1,7 +1,7 @@
 """Extend a byte-level BPE tokenizer with Tibetan tokens, keeping every base token's id and its
 encoding of text without Tibetan.
 
-How: the pre-tokenizer isolates Tibetan syllables (:mod:`.pretokenize`); each Tibetan pre-token of the
+How: the pre-tokenizer isolates Tibetan syllables, or tsheg-joined runs of them (:mod:`.pretokenize`); each Tibetan pre-token of the
 normalised corpus is cut by the *base* BPE model; BPE is trained on those base-token sequences (each
 distinct base token stands in as one private-use character, so HF ``tokenizers`` trains the merges);
 the learned merges go after the base merges and the new tokens after the base ids. Base merges always
@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from megatron_tibetan.text import normalize
 from megatron_tibetan.tokenizer.base import load_tokenizer
-from megatron_tibetan.tokenizer.pretokenize import TIBETAN_PATTERN, tibetan_pre_tokenizer
+from megatron_tibetan.tokenizer.pretokenize import tibetan_pattern, tibetan_pre_tokenizer
 
 EXTENSION_FILE = "extension.json"
 # byte-level (GPT-2 alphabet) spelling of UTF-8 E0 followed by BC..BF: a Tibetan character starts here
@@ -40,9 +40,11 @@ _OVERSAMPLE = 1.1  # train a few more merges than asked: some are dropped by the
 
 
 def read_lines(path: str | Path, max_lines: int | None = None) -> Iterator[str]:
-    """Lines of a UTF-8 text file (.txt, or .gz/.xz/.bz2 compressed), without line ends."""
+    """Lines of a UTF-8 text file (.txt, or .gz/.xz/.bz2/.zst compressed), without line ends."""
+    import zstandard
+
     path = Path(path)
-    opener = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}.get(path.suffix, open)
+    opener = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open, ".zst": zstandard.open}.get(path.suffix, open)
     if not path.is_file():
         raise FileNotFoundError(f"corpus file {path} does not exist")
     with opener(path, "rt", encoding="utf-8") as f:
@@ -52,14 +54,14 @@ def read_lines(path: str | Path, max_lines: int | None = None) -> Iterator[str]:
             yield line.rstrip("\n")
 
 
-def tibetan_backend(base) -> "tokenizers.Tokenizer":  # noqa: F821
-    """The base ``tokenizers.Tokenizer`` with the Tibetan-aware pre-tokenizer (same model)."""
+def tibetan_backend(base, unit: str = "run") -> "tokenizers.Tokenizer":  # noqa: F821
+    """The base ``tokenizers.Tokenizer`` with the Tibetan-aware pre-tokenizer for ``unit`` (same model)."""
     from tokenizers import Tokenizer
 
     spec = json.loads(base.backend_tokenizer.to_str())
     if spec["model"]["type"] != "BPE" or "ByteLevel" not in json.dumps(spec["pre_tokenizer"]):
         raise ValueError(f"base tokenizer: model {spec['model']['type']}, expected a byte-level BPE")
-    spec["pre_tokenizer"] = tibetan_pre_tokenizer(spec["pre_tokenizer"])
+    spec["pre_tokenizer"] = tibetan_pre_tokenizer(spec["pre_tokenizer"], unit)
     return Tokenizer.from_str(json.dumps(spec))
 
 
@@ -130,11 +132,11 @@ def train_tibetan_merges(base, units: Counter, num_new_tokens: int, min_frequenc
     return merges
 
 
-def extended_backend(base, merges: list[tuple[str, str]]):
+def extended_backend(base, merges: list[tuple[str, str]], unit: str = "run"):
     """The base tokenizer with the Tibetan pre-tokenizer and ``merges`` appended; new ids from ``len(base)``."""
     from tokenizers import Tokenizer
 
-    spec = json.loads(tibetan_backend(base).to_str())
+    spec = json.loads(tibetan_backend(base, unit).to_str())
     vocab, next_id = spec["model"]["vocab"], len(base)
     if any(i >= next_id for i in vocab.values()):
         raise ValueError(f"base tokenizer: model ids reach past len(tokenizer) = {next_id}")
@@ -158,7 +160,7 @@ def save_extended(base, base_spec: str, merges: list[tuple[str, str]], output: s
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     base.save_pretrained(output)
-    backend = extended_backend(base, merges)
+    backend = extended_backend(base, merges, info["unit"])
     backend.save(str(output / "tokenizer.json"))
     num_new = backend.get_vocab_size(with_added_tokens=True) - len(base)
     extension = {
@@ -168,7 +170,7 @@ def save_extended(base, base_spec: str, merges: list[tuple[str, str]], output: s
         "new_token_ids": [len(base), len(base) + num_new],  # [first, end) like range()
         "vocab_size": len(base) + num_new,
         "num_new_merges": len(merges),
-        "tibetan_pre_tokenizer_pattern": TIBETAN_PATTERN,
+        "tibetan_pre_tokenizer_pattern": tibetan_pattern(info["unit"]),
         **info,
     }
     (output / EXTENSION_FILE).write_text(json.dumps(extension, indent=2, ensure_ascii=False) + "\n")
@@ -184,15 +186,20 @@ def load_extension(directory: str | Path) -> dict:
 
 
 def learn_extension(base_spec: str, corpus: list[str | Path], num_new_tokens: int,
-                    max_lines_per_file: int | None = None, min_frequency: int = 2):
-    """(base tokenizer, merges, info) from a corpus; ``info`` has the corpus statistics, time and memory."""
+                    max_lines_per_file: int | None | list[int | None] = None, min_frequency: int = 2,
+                    unit: str = "run"):
+    """(base tokenizer, merges, info) from a corpus; ``info`` has the corpus statistics, time and memory.
+    ``max_lines_per_file``: one limit for every file, or one per file (None: the whole file)."""
     start = time.perf_counter()
+    limits = max_lines_per_file if isinstance(max_lines_per_file, list) else [max_lines_per_file] * len(corpus)
+    if len(limits) != len(corpus):
+        raise ValueError(f"max_lines_per_file: {len(limits)} limits for {len(corpus)} corpus files")
     base = load_tokenizer(base_spec)
-    backend = tibetan_backend(base)
+    backend = tibetan_backend(base, unit)
     units, stats = Counter(), Counter()
-    for path in corpus:
-        lines = tqdm(read_lines(path, max_lines_per_file), desc=f"units {Path(path).name}", unit=" lines",
-                     total=max_lines_per_file, mininterval=5)
+    for path, limit in zip(corpus, limits):
+        lines = tqdm(read_lines(path, limit), desc=f"units {Path(path).name}", unit=" lines",
+                     total=limit, mininterval=5)
         file_units, file_stats = count_tibetan_units(backend, lines)
         units.update(file_units)
         stats.update(file_stats)
@@ -200,8 +207,9 @@ def learn_extension(base_spec: str, corpus: list[str | Path], num_new_tokens: in
     merges = train_tibetan_merges(base, units, num_new_tokens, min_frequency)
     stats["distinct_tibetan_units"] = len(units)
     info = {
+        "unit": unit,
         "corpus": [str(p) for p in corpus],
-        "max_lines_per_file": max_lines_per_file,
+        "max_lines_per_file": limits,
         "min_frequency": min_frequency,
         "corpus_stats": dict(stats),
         "seconds_counting": round(counted - start, 1),
@@ -225,7 +233,8 @@ def truncate_merges(merges: list[tuple[str, str]], base, num_new_tokens: int) ->
 
 
 def extend_tokenizer(base_spec: str, corpus: list[str | Path], num_new_tokens: int, output: str | Path,
-                     max_lines_per_file: int | None = None, min_frequency: int = 2) -> dict:
+                     max_lines_per_file: int | None | list[int | None] = None, min_frequency: int = 2,
+                     unit: str = "run") -> dict:
     """Train ``num_new_tokens`` Tibetan tokens on ``corpus`` and save the extended tokenizer in ``output``."""
-    base, merges, info = learn_extension(base_spec, corpus, num_new_tokens, max_lines_per_file, min_frequency)
+    base, merges, info = learn_extension(base_spec, corpus, num_new_tokens, max_lines_per_file, min_frequency, unit)
     return save_extended(base, base_spec, merges, output, info)

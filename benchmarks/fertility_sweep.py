@@ -1,0 +1,106 @@
+"""Fertility against the number of new Tibetan tokens (4k, 8k, 16k, 32k) for Qwen2.5 and SmolLM2, with
+syllable and run (multi-syllable) pre-tokens.
+
+Trains the extension once per base and unit at the largest size (BPE merges of a smaller budget are a prefix
+of a larger one), saves each size as a tokenizer directory, and measures it on FLORES-200 dev against
+the base tokenizer in the same run. Writes fertility_sweep.json and fertility_sweep.png.
+
+    python benchmarks/fertility_sweep.py --output runs/fertility_sweep
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from megatron_tibetan.tokenizer import load_tokenizer  # noqa: E402
+from megatron_tibetan.tokenizer.extend import learn_extension, save_extended, truncate_merges  # noqa: E402
+from megatron_tibetan.tokenizer.fertility import fertility  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+LANGS = ("bo", "zh", "en")
+
+
+def measure(tokenizer, data: Path) -> dict:
+    return {lang: fertility(tokenizer, data / "eval" / f"flores200.dev.{lang}") for lang in LANGS}
+
+
+def sweep(base_spec: str, unit: str, sizes: list[int], corpus: list[str], max_lines: list, data: Path,
+          out: Path) -> dict:
+    base, merges, info = learn_extension(base_spec, corpus, max(sizes), max_lines, unit=unit)
+    result = {"base": base_spec, "unit": unit, "training": info, "base_fertility": measure(base, data), "sizes": {}}
+    for n in sizes:
+        directory = out / f"{base_spec}-{unit}-bo{n // 1000}k"
+        extension = save_extended(base, base_spec, truncate_merges(merges, base, n), directory, info)
+        result["sizes"][n] = {"directory": str(directory), "num_new_tokens": extension["num_new_tokens"],
+                              "fertility": measure(load_tokenizer(directory), data)}
+    return result
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for r in results:
+        sizes = sorted(int(n) for n in r["sizes"])
+        tps = [r["sizes"][n]["fertility"]["bo"]["tokens_per_syllable"] for n in sizes]
+        line, = ax.plot([0] + sizes, [r["base_fertility"]["bo"]["tokens_per_syllable"]] + tps, marker="o",
+                        label=f"{r['base']} ({r['unit']} pre-tokens)", ls="-" if r["unit"] == "run" else ":")
+        for n, v in zip(sizes, tps):
+            ax.annotate(f"{v:.2f}", (n, v), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8,
+                        color=line.get_color())
+    ax.axhline(1.2, color="grey", ls="--", lw=1, label="target 1.2")
+    ax.set_yscale("log")
+    ax.set_xlabel("new Tibetan tokens (0 = base tokenizer)")
+    ax.set_ylabel("tokens per syllable, FLORES-200 dev bo (log)")
+    ax.set_title("Tibetan fertility vs. vocabulary extension")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", default=str(ROOT / "runs" / "fertility_sweep"))
+    p.add_argument("--bases", nargs="+", default=["qwen2.5", "smollm2"])
+    p.add_argument("--units", nargs="+", default=["syllable", "run"])
+    p.add_argument("--sizes", nargs="+", type=int, default=[4000, 8000, 16000, 32000])
+    p.add_argument("--corpus", nargs="+", default=[str(DATA / "mono" / "nanhai.bo.txt.xz"),
+                                                   str(DATA / "mono" / "kangyur.bo.txt.xz")])
+    p.add_argument("--max-lines-per-file", nargs="+", default=["all", "20000"],
+                   help="one value per corpus file ('all': no limit); default: all of nanhai, 20,000 kangyur lines")
+    p.add_argument("--data", default=str(DATA), help="the shared data folder (FLORES-200 dev in eval/)")
+    args = p.parse_args()
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    limits = [None if v == "all" else int(v) for v in args.max_lines_per_file]
+    results = [sweep(b, u, args.sizes, args.corpus, limits, Path(args.data), out) for b in args.bases for u in args.units]
+    (out / "fertility_sweep.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    plot(results, out / "fertility_sweep.png")
+
+    print(f"{'tokenizer':<26}{'new':>7}{'bo tok/syl':>11}{'bo B/tok':>10}{'zh tok/char':>12}{'en tok/word':>12}"
+          f"{'zh Δ%':>8}{'en Δ%':>8}")
+    for r in results:
+        b = r["base_fertility"]
+        rows = [(r["base"], 0, b)] + [(f"{r['base']}+{r['unit']}{n // 1000}k", s["num_new_tokens"], s["fertility"])
+                                      for n, s in r["sizes"].items()]
+        for name, new, f in rows:
+            dz = 100 * (f["zh"]["tokens"] / b["zh"]["tokens"] - 1)
+            de = 100 * (f["en"]["tokens"] / b["en"]["tokens"] - 1)
+            print(f"{name:<26}{new:>7}{f['bo']['tokens_per_syllable']:>11.3f}{f['bo']['bytes_per_token']:>10.2f}"
+                  f"{f['zh']['tokens_per_char']:>12.3f}{f['en']['tokens_per_word']:>12.3f}{dz:>8.2f}{de:>8.2f}")
+        t = r["training"]
+        print(f"  training ({r['base']}, {r['unit']}, {max(args.sizes)} tokens): {t['seconds_counting']} s counting, "
+              f"{t['seconds_training']} s BPE, peak RSS {t['peak_rss_mib']} MiB (process so far)")
+    print(f"wrote {out / 'fertility_sweep.json'} and {out / 'fertility_sweep.png'}")
+
+
+if __name__ == "__main__":
+    main()
