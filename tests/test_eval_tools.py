@@ -90,3 +90,24 @@ def test_analyze_layers_tool(tiny_dir, tmp_path):
     assert top["name"] == "model.layers.1.mlp.up_proj.weight"
     assert [t["name"] for t in result["tensors"] if t["delta_norm"] > 0] == [top["name"]]
     assert (tmp_path / "out" / "heatmap_cpt.png").stat().st_size > 1000
+
+
+def test_megatron_checkpoint_is_exported_on_the_way(tiny_dir, shared_data, tmp_path):
+    """HF -> Megatron (the converter's import) -> evaluate: exported on the way, same perplexity as the HF model."""
+    import subprocess
+    import sys
+
+    from megatron_tibetan.evaluation import models
+    from megatron_tibetan.evaluation.perplexity import perplexity
+
+    mdir = tmp_path / "megatron"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "convert_checkpoint.py"), "import", "--hf", str(tiny_dir),
+                    "--output", str(mdir)], check=True, cwd=ROOT)
+    assert models.is_megatron_checkpoint(mdir)
+    model, tok, where = models.load(mdir, export_root=tmp_path / "exports")
+    assert where.parent == tmp_path / "exports" and (where / ".complete").exists()
+    assert models.hf_model_dir(mdir, tmp_path / "exports") == where  # cached: exported once
+    lines = (shared_data / "eval" / "tatoeba.bo-en.bo").read_text(encoding="utf-8").splitlines()[:5]
+    reference, ref_tok, _ = models.load(tiny_dir)
+    assert perplexity(model, tok, lines, progress=False).nll == pytest.approx(
+        perplexity(reference, ref_tok, lines, progress=False).nll, rel=1e-5)

@@ -5,10 +5,21 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from megatron_tibetan import presets
 from megatron_tibetan.training import checkpoint as layout
+
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _child_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
+    return env
 
 
 def is_megatron_checkpoint(path: str | Path) -> bool:
@@ -38,11 +49,15 @@ def _export(path: Path, root: Path) -> Path:
     target = root / f"{path.name}.{iteration.name}.{key}"
     if (target / ".complete").exists():
         return target
-    from megatron_tibetan.convert import export_hf
-
     tmp = root / f".{target.name}.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    export_hf(path, tmp)
+    # a child process: export initialises torch.distributed and megatron-core's CPU adjustments, which the
+    # evaluating process (plain transformers) should not inherit
+    code = "import sys; from megatron_tibetan.convert import export_hf; export_hf(sys.argv[1], sys.argv[2])"
+    print(f"[evaluate] exporting Megatron checkpoint {iteration} to {target}", flush=True)
+    done = subprocess.run([sys.executable, "-c", code, str(path), str(tmp)], cwd=_ROOT, env=_child_env())
+    if done.returncode:
+        raise RuntimeError(f"exporting {path} to HF failed (exit {done.returncode}); see the output above")
     (tmp / ".complete").touch()
     shutil.rmtree(target, ignore_errors=True)
     os.rename(tmp, target)  # a half-written export is never visible under the target name
