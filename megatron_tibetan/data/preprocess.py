@@ -58,7 +58,6 @@ class _WorkerSpec(NamedTuple):
     normalize: bool
     filters: FilterConfig
     eod_id: int | None  # appended to every document when set
-    dtype: str
 
 
 class _Chunk(NamedTuple):
@@ -87,7 +86,7 @@ def _init_worker(spec: _WorkerSpec) -> None:
     _WORKER["spec"] = spec
 
 
-def _encode_chunk(docs: list[RawDocument]) -> _Chunk:
+def _encode_chunk(docs: list[RawDocument], dtype: str) -> _Chunk:
     spec: _WorkerSpec = _WORKER["spec"]
     dropped: dict[str, int] = {}
     invalid: list[str] = []
@@ -108,7 +107,7 @@ def _encode_chunk(docs: list[RawDocument]) -> _Chunk:
             kept_texts.append(texts)
     lengths, tokens = [], []
     for k in range(len(spec.json_keys)):
-        key_lengths, key_tokens = _tokenize([t[k] for t in kept_texts], spec)
+        key_lengths, key_tokens = _tokenize([t[k] for t in kept_texts], spec.eod_id, dtype)
         lengths.append(key_lengths)
         tokens.append(key_tokens)
     return _Chunk(
@@ -124,13 +123,15 @@ def _encode_chunk(docs: list[RawDocument]) -> _Chunk:
     )
 
 
-def _tokenize(texts: list[str], spec: _WorkerSpec) -> tuple[np.ndarray, np.ndarray]:
+def _tokenize(texts: list[str], eod_id: int | None, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """Token counts and the concatenated tokens of ``texts`` (special tokens as the tokenizer adds them,
+    like ``tokenizer(text).input_ids``; then eod)."""
     ids = [e.ids for e in _WORKER["tokenizer"].encode_batch(texts, add_special_tokens=True)]
-    if spec.eod_id is not None:
+    if eod_id is not None:
         for x in ids:
-            x.append(spec.eod_id)
+            x.append(eod_id)
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=spec.dtype, count=int(lengths.sum()))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
     return lengths, flat
 
 
@@ -187,49 +188,42 @@ def _check_inputs(config: PreprocessConfig) -> list:
     return paths
 
 
-def preprocess(config: PreprocessConfig) -> dict:
+def preprocess(config: PreprocessConfig, tokenizer=None) -> dict:
     """Tokenise ``config.inputs`` into ``<output_prefix>_<key>_document.bin/.idx`` (one per JSON key) and
-    ``<output_prefix>_stats.json``; returns the stats. Bad input raises :class:`InputError` (or
-    ``FileNotFoundError``) naming the file, line or key; no partial dataset is left behind."""
+    ``<output_prefix>_stats.json``; returns the stats. ``tokenizer``: an already loaded
+    ``load_tokenizer(config.tokenizer)``, to skip loading it again. Bad input raises :class:`InputError`
+    (or ``FileNotFoundError``) naming the file, line or key; no partial dataset is left behind."""
     from tqdm import tqdm
 
     from megatron_tibetan.tokenizer.base import load_tokenizer
 
     start = time.perf_counter()
     paths = _check_inputs(config)
-    tokenizer = load_tokenizer(config.tokenizer)
+    tokenizer = tokenizer or load_tokenizer(config.tokenizer)
     eod_id = tokenizer.eos_token_id if config.append_eod else None
     if config.append_eod and eod_id is None:
         raise ValueError(f"tokenizer '{config.tokenizer}' has no eos token to append as eod")
-    dtype = token_dtype(len(tokenizer))
-    spec = _WorkerSpec(
-        tokenizer.backend_tokenizer.to_str(), config.json_keys, config.normalize, config.filters, eod_id,
-        np.dtype(dtype).name,
-    )
+    spec = _WorkerSpec(tokenizer.backend_tokenizer.to_str(), config.json_keys, config.normalize, config.filters, eod_id)
     dedup = DuplicateFilter(config.filters.dedup_memory_mb) if config.filters.dedup else None
     totals = _Totals(config.json_keys)
     docs = itertools.chain.from_iterable(read_documents(p, config.paragraphs) for p in paths)
-    docs = itertools.islice(docs, config.limit)
+    chunks = _chunks(itertools.islice(docs, config.limit), config.chunk_bytes)
     prefixes = {key: dataset_prefix(config.output_prefix, key) for key in config.json_keys}
     progress = tqdm(desc="preprocess", unit="B", unit_scale=True, unit_divisor=1000, mininterval=1.0,
                     disable=not config.progress, file=sys.stderr)
-    # spawn: workers start clean (no copy of this process's torch/megatron state), one tokenizer each
+    # spawn: workers start clean (no copy of this process's torch state) while megatron.core is imported here
     with multiprocessing.get_context("spawn").Pool(config.workers, _init_worker, (spec,)) as pool, \
             contextlib.ExitStack() as stack:
+        dtype = token_dtype(len(tokenizer))
         writers = {key: stack.enter_context(DocumentWriter(prefix, dtype)) for key, prefix in prefixes.items()}
         pending: deque = deque()
-
-        def consume() -> None:
-            _write_chunk(pending.popleft().get(), writers, dedup, totals)
-            progress.update(totals.bytes_in - progress.n)
-            progress.set_postfix(docs_s=f"{totals.documents_in / max(time.perf_counter() - start, 1e-9):.0f}")
-
-        for chunk in _chunks(docs, config.chunk_bytes):
-            pending.append(pool.apply_async(_encode_chunk, (chunk,)))
-            if len(pending) > 2 * config.workers + 1:
-                consume()
-        while pending:
-            consume()
+        for chunk in itertools.chain(chunks, [None] * (2 * config.workers + 2)):  # the Nones drain the queue
+            if chunk is not None:
+                pending.append(pool.apply_async(_encode_chunk, (chunk, np.dtype(dtype).name)))
+            if pending and (chunk is None or len(pending) > 2 * config.workers + 1):
+                _write_chunk(pending.popleft().get(), writers, dedup, totals)
+                progress.update(totals.bytes_in - progress.n)
+                progress.set_postfix(docs_s=f"{totals.documents_in / (time.perf_counter() - start):.0f}")
         _check_totals(totals, paths)
     progress.close()
     stats = _stats(config, totals, tokenizer, dtype, eod_id, dedup, prefixes, time.perf_counter() - start)

@@ -3,7 +3,8 @@
 Preprocessing, tokenizer training, SFT data and evaluation all call :func:`normalize`, so training and
 test text agree. The rules, in the order they apply:
 
-1. Control characters (Unicode Cc other than tab/newline) and zero-width / invisible format characters
+1. Control characters (Unicode Cc that are not whitespace: whitespace controls such as tab, form feed or
+   U+001C..U+001F separate words and are handled by rule 7) and zero-width / invisible format characters
    (ZWSP U+200B, ZWNJ U+200C, ZWJ U+200D, word joiner U+2060, BOM U+FEFF, soft hyphen U+00AD) are removed.
 2. Deprecated Tibetan vowel signs that NFC keeps are spelled out: U+0F77 -> U+0FB2 U+0F71 U+0F80,
    U+0F79 -> U+0FB3 U+0F71 U+0F80 (Unicode discourages both; NFKC would do the same).
@@ -29,8 +30,9 @@ NB_TSHEG = "\u0f0c"
 SHAD = "\u0f0d"
 
 _INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
-# Cc except \t \n \r (whitespace handled in rule 7); plus the invisible format characters above
-_REMOVE = re.compile("[" + "".join(chr(c) for c in range(0x20) if chr(c) not in "\t\n\r") + "\x7f-\x9f" + _INVISIBLE + "]")
+# Cc that are not whitespace (whitespace is rule 7's); plus the invisible format characters above
+_CONTROLS = "".join(chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)] if not chr(c).isspace())
+_REMOVE = re.compile("[" + re.escape(_CONTROLS) + _INVISIBLE + "]")
 _DEPRECATED_VOWELS = str.maketrans({"\u0f77": "\u0fb2\u0f71\u0f80", "\u0f79": "\u0fb3\u0f71\u0f80"})
 _SPACE_AROUND_TSHEG = re.compile(r"[^\S\n]*" + TSHEG + r"[^\S\n]*")
 _TSHEG_RUN = re.compile(TSHEG + "{2,}")
