@@ -18,7 +18,7 @@ import torch
 
 from megatron_tibetan.convert.hf_io import HFSource, ShardWriter
 from megatron_tibetan.convert.weights import check_hf_names, hf_tensors_from_model, load_hf_into_model
-from megatron_tibetan.models.gpt import build_gpt_model, check_parallel, load_model_spec_dir, make_model_spec
+from megatron_tibetan.models.gpt import build_gpt_model, check_hf_config, check_parallel, load_model_spec_dir, make_model_spec
 from megatron_tibetan.models.parallel import init_parallel
 from megatron_tibetan.training import checkpoint as layout
 
@@ -83,6 +83,7 @@ def import_hf(src: str | Path, output: str | Path, tp: int = 1, pp: int = 1, tok
     """Convert an HF checkpoint into a Megatron checkpoint directory; run on all TP x PP ranks. Returns the spec."""
     start = time.perf_counter()
     source = HFSource(src)
+    check_hf_config(source.config)  # before any weights are read
     config = extend_vocabulary(source, tokenizer, init_method) if tokenizer else source.config
     tokenizer_spec = tokenizer or (source.tokenizer_spec() if source.has_tokenizer() else None)
     if tokenizer_spec and not tokenizer:
@@ -94,7 +95,7 @@ def import_hf(src: str | Path, output: str | Path, tp: int = 1, pp: int = 1, tok
     world = torch.distributed.get_world_size()
     if world != tp * pp:
         raise ValueError(f"import runs on exactly TP x PP = {tp * pp} ranks, got {world}")
-    model = build_gpt_model(spec)
+    model = build_gpt_model(spec, perform_initialization=False)  # every weight is overwritten
     load_hf_into_model(model, source, spec)
     save_checkpoint(model, output, spec)
     if skipped:
@@ -137,7 +138,7 @@ def export_hf(megatron_dir: str | Path, output: str | Path, max_shard_bytes: int
     start = time.perf_counter()
     spec = load_model_spec_dir(megatron_dir)
     init_parallel(1, 1)
-    model = build_gpt_model(spec)
+    model = build_gpt_model(spec, perform_initialization=False)  # every weight is loaded
     load_checkpoint_weights(model, megatron_dir)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)

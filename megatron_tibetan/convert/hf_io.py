@@ -39,7 +39,8 @@ class HFSource:
         self.config = AutoConfig.from_pretrained(str(self.dir), **kwargs).to_dict()
         self.overrides: dict[str, torch.Tensor] = {}
         self._files = self._safetensors_index() if not self.gguf else None
-        self._state = None if self._files else self._load_with_transformers(kwargs)
+        self._state = None  # loaded on first use when there are no safetensors
+        self._load_kwargs = kwargs
 
     def _safetensors_index(self) -> dict[str, Path] | None:
         from safetensors import safe_open
@@ -57,20 +58,22 @@ class HFSource:
                 names.update({name: file for name in f.keys()})
         return names
 
-    def _load_with_transformers(self, kwargs) -> dict[str, torch.Tensor]:
-        from transformers import AutoModelForCausalLM
+    def _loaded(self) -> dict[str, torch.Tensor]:
+        if self._state is None:
+            from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(str(self.dir), dtype="auto", **kwargs)
-        return dict(model.state_dict())
+            model = AutoModelForCausalLM.from_pretrained(str(self.dir), dtype="auto", **self._load_kwargs)
+            self._state = dict(model.state_dict())
+        return self._state
 
     def names(self) -> set[str]:
-        return set(self._files) if self._files else set(self._state)
+        return set(self._files) if self._files else set(self._loaded())
 
     def get(self, name: str) -> torch.Tensor:
         if name in self.overrides:
             return self.overrides[name]
         if self._files is None:
-            return self._state[name]
+            return self._loaded()[name]
         from safetensors import safe_open
 
         if name not in self._files:

@@ -34,6 +34,17 @@ def _names(names: str | tuple[str, ...]) -> tuple[str, ...]:
     return (names,) if isinstance(names, str) else tuple(names)
 
 
+def split_dim(full: torch.Size, local: torch.Size, size: int, name: str) -> int | None:
+    """The tensor-parallel axis: where ``full`` is ``size`` x ``local``; None when they are equal."""
+    differ = [d for d in range(len(full)) if full[d] != local[d]] if len(full) == len(local) else [-1]
+    if not differ:
+        return None
+    if len(differ) != 1 or differ[0] < 0 or full[differ[0]] != local[differ[0]] * size:
+        raise ValueError(f"{name}: HF tensors give shape {tuple(full)}, this rank's parameter is {tuple(local)} "
+                         f"(tensor parallel size {size})")
+    return differ[0]
+
+
 def fill(name: str, layer: int | None) -> str:
     return name if layer is None else name.replace("*", str(layer))
 
@@ -63,10 +74,12 @@ class Mapping:
     def to_hf(self, full: torch.Tensor, ctx: Context, layer: int | None) -> dict[str, torch.Tensor]:
         return {fill(self.hf_names[0], layer): full}
 
-    def shard(self, hf: list[torch.Tensor], ctx: Context, dim: int | None, rank: int, size: int) -> torch.Tensor:
-        """This TP rank's slice (``dim`` None: replicated) of the Megatron tensor."""
+    def shard(self, hf: list[torch.Tensor], ctx: Context, shape: torch.Size, rank: int, size: int) -> torch.Tensor:
+        """This TP rank's slice of the Megatron tensor, for a parameter of ``shape`` (the split axis is the
+        one where the full tensor is ``size`` times larger; none: replicated)."""
         full = self.to_megatron(hf, ctx)
-        return full if dim is None or size == 1 else full.chunk(size, dim=dim)[rank]
+        dim = split_dim(full.shape, shape, size, self.megatron_names[0])
+        return full if dim is None else full.chunk(size, dim=dim)[rank]
 
 
 @dataclass(frozen=True)
@@ -105,8 +118,9 @@ class GatedMLP(Mapping):
         gate, up = full.chunk(2, dim=0)
         return {fill(self.hf_names[0], layer): gate.contiguous(), fill(self.hf_names[1], layer): up.contiguous()}
 
-    def shard(self, hf, ctx, dim, rank, size):
-        if dim is None or size == 1:
+    def shard(self, hf, ctx, shape, rank, size):
+        dim = split_dim(torch.Size([hf[0].shape[0] * 2, *hf[0].shape[1:]]), shape, size, self.megatron_names[0])
+        if dim is None:
             return self.to_megatron(hf, ctx)
         if dim != 0:
             raise ValueError(f"{self.megatron_names[0]}: expected a column-parallel (dim 0) split, got dim {dim}")

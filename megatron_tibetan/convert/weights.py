@@ -89,10 +89,6 @@ def model_params(model, spec: dict) -> Iterator[tuple[str, torch.nn.Parameter, M
         raise ValueError(f"model parameters with no entry in the {spec['family']} table: {', '.join(unmapped)}")
 
 
-def _tp_split(param) -> int | None:
-    return param.partition_dim if getattr(param, "tensor_model_parallel", False) else None
-
-
 @torch.no_grad()
 def load_hf_into_model(model, source, spec: dict, progress: bool = True) -> None:
     """Copy ``source``'s tensors (an HFSource) into this rank's model shard, exactly (dtype cast only)."""
@@ -106,7 +102,7 @@ def load_hf_into_model(model, source, spec: dict, progress: bool = True) -> None
     show = progress and torch.distributed.get_rank() == 0
     for name, param, mapping, layer in tqdm(params, desc="import", unit=" tensors", disable=not show):
         hf = [source.get(n) for n in hf_names_for(mapping, spec, layer)]
-        shard = mapping.shard(hf, ctx, _tp_split(param), rank, size)
+        shard = mapping.shard(hf, ctx, param.shape, rank, size)
         if shard.shape != param.shape:
             raise ValueError(f"{name}: HF {hf_names_for(mapping, spec, layer)} give shape {tuple(shard.shape)}, "
                              f"model expects {tuple(param.shape)} (TP rank {rank}/{size})")

@@ -53,20 +53,22 @@ def init_parallel(tp: int = 1, pp: int = 1, seed: int = 1234, backend: str | Non
     if not use_gpu:
         cpu.apply()
     rank, size, local = world()
-    if size % (tp * pp):
-        raise ValueError(f"world size {size} is not divisible by tensor parallel {tp} x pipeline parallel {pp}")
     if not torch.distributed.is_initialized():
         if use_gpu:
             torch.cuda.set_device(local)
-        if size == 1 and not os.environ.get("MASTER_PORT"):
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ["MASTER_PORT"] = str(_free_port())
+        launched = "WORLD_SIZE" in os.environ or "SLURM_NTASKS" in os.environ
+        # a lone process gets its own port (an inherited MASTER_PORT may belong to a parent process)
+        init_method = None if launched else f"tcp://127.0.0.1:{_free_port()}"
         torch.distributed.init_process_group(
             backend=backend or ("nccl" if use_gpu else "gloo"),
+            init_method=init_method,
             rank=rank,
             world_size=size,
             timeout=timedelta(minutes=timeout_minutes),
         )
+    size = torch.distributed.get_world_size()
+    if size % (tp * pp):
+        raise ValueError(f"world size {size} is not divisible by tensor parallel {tp} x pipeline parallel {pp}")
     if parallel_state.model_parallel_is_initialized():
         if (
             parallel_state.get_tensor_model_parallel_world_size() == tp
