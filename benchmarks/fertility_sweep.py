@@ -46,22 +46,23 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for r in results:
-        sizes = sorted(int(n) for n in r["sizes"])
-        tps = [r["sizes"][n]["fertility"]["bo"]["tokens_per_syllable"] for n in sizes]
-        line, = ax.plot([0] + sizes, [r["base_fertility"]["bo"]["tokens_per_syllable"]] + tps, marker="o",
-                        label=f"{r['base']} ({r['unit']} pre-tokens)", ls="-" if r["unit"] == "run" else ":")
-        for n, v in zip(sizes, tps):
-            ax.annotate(f"{v:.2f}", (n, v), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8,
-                        color=line.get_color())
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, r in enumerate(results):
+        points = sorted({(s["num_new_tokens"], s["fertility"]["bo"]["tokens_per_syllable"]) for s in r["sizes"].values()})
+        base = r["base_fertility"]["bo"]["tokens_per_syllable"]
+        line, = ax.plot(*zip(*points), marker="o", ls="-" if r["unit"] == "run" else ":",
+                        label=f"{r['base']}, {r['unit']} pre-tokens (base: {base:.2f})")
+        for n, v in points:
+            ax.annotate(f"{v:.2f}", (n, v), textcoords="offset points", xytext=(0, -12 if k == 2 else 7),
+                        ha="center", fontsize=7, color=line.get_color())
     ax.axhline(1.2, color="grey", ls="--", lw=1, label="target 1.2")
-    ax.set_yscale("log")
-    ax.set_xlabel("new Tibetan tokens (0 = base tokenizer)")
-    ax.set_ylabel("tokens per syllable, FLORES-200 dev bo (log)")
-    ax.set_title("Tibetan fertility vs. vocabulary extension")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([4000, 8000, 16000, 32000], ["4k", "8k", "16k", "32k"])
+    ax.set_xlabel("new Tibetan tokens (actual; syllable pre-tokens run out of distinct syllables)")
+    ax.set_ylabel("tokens per syllable, FLORES-200 dev bo")
+    ax.set_title("Tibetan fertility vs. vocabulary extension (base value in the legend)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -77,9 +78,12 @@ def main() -> None:
     p.add_argument("--max-lines-per-file", nargs="+", default=["all", "20000"],
                    help="one value per corpus file ('all': no limit); default: all of nanhai, 20,000 kangyur lines")
     p.add_argument("--data", default=str(DATA), help="the shared data folder (FLORES-200 dev in eval/)")
+    p.add_argument("--plot-only", action="store_true", help="redraw the PNG from an existing JSON")
     args = p.parse_args()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    if args.plot_only:
+        return plot(json.loads((out / "fertility_sweep.json").read_text()), out / "fertility_sweep.png")
     limits = [None if v == "all" else int(v) for v in args.max_lines_per_file]
     results = [sweep(b, u, args.sizes, args.corpus, limits, Path(args.data), out) for b in args.bases for u in args.units]
     (out / "fertility_sweep.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")

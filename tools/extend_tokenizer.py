@@ -17,7 +17,7 @@ from megatron_tibetan.tokenizer.extend import extend_tokenizer  # noqa: E402
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", required=True, help="qwen2.5, smollm2, an HF directory, a tokenizer.json or a .gguf")
-    p.add_argument("--corpus", nargs="+", required=True, help="Tibetan text files (.txt/.gz/.xz/.bz2/.zst)")
+    p.add_argument("--corpus", nargs="+", required=True, help="Tibetan text files (.txt or .jsonl, plain or .gz/.xz/.zst)")
     p.add_argument("--num-new-tokens", type=int, required=True)
     p.add_argument("--output", required=True, help="directory for the extended tokenizer")
     p.add_argument("--max-lines-per-file", nargs="+", default=["all"],

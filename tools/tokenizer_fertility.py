@@ -18,7 +18,7 @@ from megatron_tibetan.tokenizer.fertility import fertility  # noqa: E402
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokenizer", required=True, help="qwen2.5, smollm2, an HF directory, a tokenizer.json or a .gguf")
-    p.add_argument("--input", nargs="+", required=True, help="text files (.txt/.gz/.xz/.bz2/.zst)")
+    p.add_argument("--input", nargs="+", required=True, help="text files (.txt or .jsonl, plain or .gz/.xz/.zst)")
     p.add_argument("--max-lines", type=int, default=None)
     p.add_argument("--output", help="also write the JSON here")
     args = p.parse_args()

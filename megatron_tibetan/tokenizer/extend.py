@@ -15,10 +15,8 @@ non-Tibetan text encodes exactly as with the base tokenizer.
 
 from __future__ import annotations
 
-import bz2
-import gzip
+import itertools
 import json
-import lzma
 import re
 import resource
 import time
@@ -29,6 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from megatron_tibetan.text import normalize
+from megatron_tibetan.text.readers import iter_texts
 from megatron_tibetan.tokenizer.base import load_tokenizer
 from megatron_tibetan.tokenizer.pretokenize import tibetan_pattern, tibetan_pre_tokenizer
 
@@ -40,18 +39,9 @@ _OVERSAMPLE = 1.1  # train a few more merges than asked: some are dropped by the
 
 
 def read_lines(path: str | Path, max_lines: int | None = None) -> Iterator[str]:
-    """Lines of a UTF-8 text file (.txt, or .gz/.xz/.bz2/.zst compressed), without line ends."""
-    import zstandard
-
-    path = Path(path)
-    opener = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open, ".zst": zstandard.open}.get(path.suffix, open)
-    if not path.is_file():
-        raise FileNotFoundError(f"corpus file {path} does not exist")
-    with opener(path, "rt", encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if max_lines is not None and i >= max_lines:
-                return
-            yield line.rstrip("\n")
+    """The first ``max_lines`` texts (all when None) of a .txt or .jsonl ("text" key) file, plain or
+    .gz/.xz/.zst compressed (the project's streaming reader)."""
+    return itertools.islice(iter_texts([path]), max_lines)
 
 
 def tibetan_backend(base, unit: str = "run") -> "tokenizers.Tokenizer":  # noqa: F821
@@ -205,6 +195,10 @@ def learn_extension(base_spec: str, corpus: list[str | Path], num_new_tokens: in
         stats.update(file_stats)
     counted = time.perf_counter()
     merges = train_tibetan_merges(base, units, num_new_tokens, min_frequency)
+    made = len({a + b for a, b in merges} - set(base.backend_tokenizer.get_vocab(with_added_tokens=False)))
+    if made < num_new_tokens:
+        print(f"[extend] {made} new tokens, fewer than the {num_new_tokens} asked: every Tibetan {unit} seen at "
+              f"least {min_frequency} times is already one token (a larger corpus or unit='run' gives more)")
     stats["distinct_tibetan_units"] = len(units)
     info = {
         "unit": unit,
