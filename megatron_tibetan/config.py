@@ -282,13 +282,14 @@ def check_config(cfg: TrainingConfig) -> None:
         "parallel.pipeline_model_parallel_size": cfg.parallel.pipeline_model_parallel_size,
         "batch.micro_batch_size": cfg.batch.micro_batch_size,
         "batch.global_batch_size": cfg.batch.global_batch_size,
-        "train.iterations": cfg.train.iterations,
         "data.seq_length": cfg.data.seq_length,
         "logging.interval": cfg.logging.interval,
     }
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
+    if cfg.train.iterations < 0:
+        raise ConfigError(f"train.iterations must be >= 0 (0 only saves the initial model), got {cfg.train.iterations}")
     if cfg.batch.global_batch_size % cfg.batch.micro_batch_size:
         raise ConfigError(
             f"batch.global_batch_size ({cfg.batch.global_batch_size}) is not a multiple of "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from megatron_tibetan.config import ConfigError
+
 
 def warmup_iterations(cfg) -> int:
     s = cfg.schedule
@@ -45,7 +47,7 @@ def build_scheduler(cfg, optimizer):
     decay = decay_iterations(cfg)
     warmup = warmup_iterations(cfg)
     if warmup >= decay:
-        raise ValueError(f"schedule: {warmup} warmup iterations leave none of the {decay} decay iterations")
+        raise ConfigError(f"schedule: {warmup} warmup iterations leave none of the {decay} decay iterations (train.iterations or schedule.decay_iterations)")
     wd = cfg.optimizer.weight_decay
     return OptimizerParamScheduler(
         optimizer,

@@ -1,0 +1,102 @@
+"""One-process training checks on real Tibetan, driven by tests/test_train_loop.py (results as JSON).
+
+    python tests/train_single.py WORKDIR killsave   # trains with saves at 2 and 4, SIGKILLs itself inside the save at 4
+    python tests/train_single.py WORKDIR main       # uninterrupted run; SIGTERM at 3 then resume; resume after the kill
+
+The tiny config (configs/cpt/tiny-cpu.yaml) is used as is, shrunk by overrides to seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from train_data import write_dataset  # noqa: E402
+
+from megatron_tibetan.config import load_config  # noqa: E402
+
+ITERATIONS = 8
+
+
+def config(work: Path, name: str, *extra: str):
+    prefix = work / "data" / "nanhai_text_document"
+    if not Path(f"{prefix}.idx").is_file():
+        write_dataset(prefix, 2000)
+    return load_config(ROOT / "configs/cpt/tiny-cpu.yaml", [
+        f"data.paths=[{prefix}]", f"data.cache_dir={work / 'cache'}", "data.seq_length=64",
+        "batch.micro_batch_size=2", "batch.global_batch_size=4", "schedule.warmup_iterations=2",
+        f"train.iterations={ITERATIONS}", "checkpoint.save_interval=4", "checkpoint.keep_last=2",
+        f"checkpoint.dir={work / name / 'ckpt'}", f"logging.dir={work / name}", "logging.interval=1",
+        "logging.progress=false", "validation.interval=null", "validation.iterations=4", *extra,
+    ])
+
+
+def records(result) -> list:
+    return [{k: r[k] for k in ("step", "loss", "lr", "grad_norm", "consumed_samples")} for r in result["records"]]
+
+
+def killsave(work: Path) -> None:
+    """Train with saves at 2 and 4; die by SIGKILL after the save at 4 wrote its files, before it completed."""
+    from megatron.core import dist_checkpointing
+
+    from megatron_tibetan.training.loop import run
+
+    real_save = dist_checkpointing.save
+
+    def save_then_die(state, path, *args, **kwargs):
+        real_save(state, path, *args, **kwargs)
+        if "iter_0000004" in str(path):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    dist_checkpointing.save = save_then_die
+    run(config(work, "kill", "checkpoint.save_interval=2"))
+
+
+def main(work: Path) -> dict:
+    from megatron_tibetan.training import loop
+    from megatron_tibetan.training.checkpoint import latest_iteration_dir
+
+    out = {}
+    # 1. uninterrupted, with validation before and after
+    trainer = loop.Trainer(config(work, "full", "validation.at_start=true", f"validation.interval={ITERATIONS}"))
+    out["full"] = records(trainer.train())
+    trainer.close()
+    out["full_valid"] = [json.loads(l) for l in open(work / "full" / "metrics.jsonl") if '"valid"' in l]
+
+    # 2. SIGTERM after step 3: saves iteration 3 and stops; a second launch resumes to the end
+    class SignalledTrainer(loop.Trainer):
+        def train_step(self, iterators):
+            result = super().train_step(iterators)
+            if self.iteration + 1 == 3:  # iteration is incremented after train_step returns
+                os.kill(os.getpid(), signal.SIGTERM)
+            return result
+
+    trainer = SignalledTrainer(config(work, "sigterm"))
+    first = trainer.train()
+    trainer.close()
+    out["sigterm_first"] = {"stopped_by_signal": first["stopped_by_signal"], "iteration": first["iteration"],
+                            "latest": latest_iteration_dir(work / "sigterm" / "ckpt").name}
+    out["sigterm_resumed"] = records(loop.run(config(work, "sigterm")))
+
+    # 3. after the SIGKILL inside the save at 4: what is on disk, then resume from it
+    kill_dir = work / "kill" / "ckpt"
+    out["kill_on_disk"] = {"latest": latest_iteration_dir(kill_dir).name,
+                           "entries": sorted(p.name for p in kill_dir.iterdir())}
+    out["kill_resumed"] = records(loop.run(config(work, "kill", "checkpoint.save_interval=2")))
+    out["kill_after"] = sorted(p.name for p in kill_dir.iterdir())
+    return out
+
+
+if __name__ == "__main__":
+    work, mode = Path(sys.argv[1]), sys.argv[2]
+    if mode == "killsave":
+        killsave(work)
+    else:
+        (work / "single.json").write_text(json.dumps(main(work), indent=1))
