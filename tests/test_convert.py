@@ -233,6 +233,21 @@ def test_extended_vocabulary_keeps_base_logits(work, tmp_path):
     assert len(load_tokenizer(str(tmp_path / "back"))) == extension["vocab_size"]
 
 
+def test_bf16_round_trip_keeps_dtype(models, tmp_path):
+    """A bfloat16 checkpoint stays bfloat16 (megatron keeps torch norms in float32; export casts back)."""
+    from transformers import AutoModelForCausalLM
+
+    from megatron_tibetan.convert import export_hf, import_hf
+
+    AutoModelForCausalLM.from_pretrained(str(models["qwen2"]["hf"]), dtype=torch.bfloat16).save_pretrained(tmp_path / "hf")
+    assert import_hf(tmp_path / "hf", tmp_path / "mg")["params_dtype"] == "bfloat16"
+    export_hf(tmp_path / "mg", tmp_path / "back")
+    original, exported = read_safetensors(tmp_path / "hf"), read_safetensors(tmp_path / "back")
+    assert sorted(original) == sorted(exported)
+    for key, tensor in original.items():
+        assert tensor.dtype == exported[key].dtype == torch.bfloat16 and torch.equal(exported[key], tensor), key
+
+
 # --- errors -------------------------------------------------------------------------------------------
 
 def test_error_unsupported_architecture(tmp_path):

@@ -23,6 +23,7 @@ from megatron_tibetan.models.parallel import init_parallel
 from megatron_tibetan.training import checkpoint as layout
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_DTYPES_BY_NAME = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 
@@ -69,6 +70,11 @@ def _extension_base(tokenizer: str) -> str | None:
     return json.loads(path.read_text())["base"] if path.is_file() else None
 
 
+def _absolute(spec: str) -> str:
+    # presets stay names; paths are recorded absolute so model.json works from any directory
+    return str(Path(spec).resolve()) if Path(spec).exists() else spec
+
+
 def _check_tokenizer_fits(tokenizer: str, vocab_size: int) -> None:
     from megatron_tibetan.tokenizer.base import load_tokenizer
 
@@ -85,12 +91,16 @@ def import_hf(src: str | Path, output: str | Path, tp: int = 1, pp: int = 1, tok
     source = HFSource(src)
     check_hf_config(source.config)  # before any weights are read
     config = extend_vocabulary(source, tokenizer, init_method) if tokenizer else source.config
-    tokenizer_spec = tokenizer or (source.tokenizer_spec() if source.has_tokenizer() else None)
+    tokenizer_spec = _absolute(tokenizer) if tokenizer else (source.tokenizer_spec() if source.has_tokenizer() else None)
     if tokenizer_spec and not tokenizer:
         _check_tokenizer_fits(tokenizer_spec, config["vocab_size"])
-    spec = make_model_spec(config, params_dtype=_DTYPE_NAMES[source.dtype()], tokenizer=tokenizer_spec)
+    spec = make_model_spec(config, tokenizer=tokenizer_spec)
     check_parallel(config, spec["padded_vocab_size"], tp, pp)
     skipped = check_hf_names(source.names() | set(source.overrides), spec, str(source.dir))
+    dtype = source.dtype()
+    if dtype not in _DTYPE_NAMES:
+        raise ValueError(f"{source.dir}: weights in {dtype}; expected one of {sorted(_DTYPE_NAMES.values())}")
+    spec["params_dtype"] = _DTYPE_NAMES[dtype]
     init_parallel(tp, pp)
     world = torch.distributed.get_world_size()
     if world != tp * pp:
@@ -143,8 +153,9 @@ def export_hf(megatron_dir: str | Path, output: str | Path, max_shard_bytes: int
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     writer = ShardWriter(out, max_shard_bytes)
+    dtype = _DTYPES_BY_NAME[spec.get("params_dtype", "float32")]
     for name, tensor in tqdm(hf_tensors_from_model(model, spec), desc="export", unit=" tensors"):
-        writer.add(name, tensor)
+        writer.add(name, tensor.to(dtype))  # megatron keeps torch norms in float32 whatever params_dtype is
     writer.close()
     (out / "config.json").write_text(json.dumps(hf_config_for_export(spec), indent=2) + "\n")
     if spec.get("tokenizer"):

@@ -34,6 +34,7 @@ class HFSource:
     def __init__(self, src: str | Path):
         from transformers import AutoConfig
 
+        self.preset = str(src) if str(src) == "smollm2" else None
         self.dir, self.gguf = resolve_source(src)
         kwargs = {"gguf_file": self.gguf} if self.gguf else {}
         self.config = AutoConfig.from_pretrained(str(self.dir), **kwargs).to_dict()
@@ -89,7 +90,10 @@ class HFSource:
         return self.gguf is not None or (self.dir / "tokenizer.json").is_file() or (self.dir / "tokenizer.model").is_file()
 
     def tokenizer_spec(self) -> str:
-        return str(self.dir / self.gguf) if self.gguf else str(self.dir)
+        """What model.json records: the preset name, else the absolute path of the directory or .gguf."""
+        if self.preset:
+            return self.preset
+        return str((self.dir / self.gguf).resolve()) if self.gguf else str(self.dir.resolve())
 
 
 class ShardWriter:
@@ -108,7 +112,7 @@ class ShardWriter:
         size = tensor.numel() * tensor.element_size()
         if self.pending and self.pending_bytes + size > self.max_bytes:
             self._flush()
-        self.pending[name] = tensor.contiguous()
+        self.pending[name] = tensor.detach().to("cpu").contiguous()
         self.pending_bytes += size
         self.total_bytes += size
 
