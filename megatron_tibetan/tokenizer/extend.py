@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from megatron_tibetan.presets import PRESETS
 from megatron_tibetan.text import normalize
 from megatron_tibetan.text.readers import iter_texts
 from megatron_tibetan.tokenizer.base import load_tokenizer
@@ -83,12 +84,12 @@ def train_tibetan_merges(base, units: Counter, num_new_tokens: int, min_frequenc
     model = base.backend_tokenizer.model
     stand_in: dict[str, str] = {}  # base token -> one private-use character
     words = {}
-    for unit in units:
-        pieces = [t.value for t in model.tokenize(unit)]
-        for p in pieces:
-            if p not in stand_in:
-                stand_in[p] = chr(_PUA_START + len(stand_in))
-        words[unit] = "".join(stand_in[p] for p in pieces)
+    for piece in units:
+        cut = [t.value for t in model.tokenize(piece)]
+        for token in cut:
+            if token not in stand_in:
+                stand_in[token] = chr(_PUA_START + len(stand_in))
+        words[piece] = "".join(stand_in[token] for token in cut)
     if len(stand_in) > 65534:
         raise ValueError(f"{len(stand_in)} distinct base tokens in the Tibetan units; at most 65,534 supported")
     spelled = {v: k for k, v in stand_in.items()}
@@ -154,7 +155,7 @@ def save_extended(base, base_spec: str, merges: list[tuple[str, str]], output: s
     backend.save(str(output / "tokenizer.json"))
     num_new = backend.get_vocab_size(with_added_tokens=True) - len(base)
     extension = {
-        "base": str(base_spec),
+        "base": _portable_spec(base_spec),
         "base_vocab_size": len(base),
         "num_new_tokens": num_new,
         "new_token_ids": [len(base), len(base) + num_new],  # [first, end) like range()
@@ -165,6 +166,11 @@ def save_extended(base, base_spec: str, merges: list[tuple[str, str]], output: s
     }
     (output / EXTENSION_FILE).write_text(json.dumps(extension, indent=2, ensure_ascii=False) + "\n")
     return extension
+
+
+def _portable_spec(spec: str | Path) -> str:
+    # a preset name stays a name; a path is made absolute so conversion can run from anywhere
+    return str(spec) if str(spec) in PRESETS or str(spec) == "qwen2" else str(Path(spec).resolve())
 
 
 def load_extension(directory: str | Path) -> dict:
