@@ -96,3 +96,12 @@ def test_parallel_layouts_and_resharded_resume(tmp_path, shared_data):
     # TP2 x PP2 (DP1) stopped at 2, resumed as TP1 PP1 (DP4) and TP2 (DP2)
     for name in ("resume_tp1pp1", "resume_tp2"):
         assert out[name] == pytest.approx(out["tp2pp2"][2:], rel=2e-5, abs=0), name
+
+
+def test_nonfinite_loss_is_skipped_or_stops(single):
+    out, _ = single
+    skip = out["nan_skip"]
+    assert [r["step"] for r in skip] == [1, 2, 3] and [r["skipped"] for r in skip] == [0, 1, 1]
+    assert math.isnan(skip[1]["loss"]) and math.isfinite(skip[2]["loss"])
+    assert skip[2]["lr"] == skip[1]["lr"]  # no update, so the schedule did not advance
+    assert "non-finite loss nan at iteration 2 (samples 4..7 of the training dataset)" in out["nan_stop"]

@@ -91,6 +91,25 @@ def main(work: Path) -> dict:
                            "entries": sorted(p.name for p in kill_dir.iterdir())}
     out["kill_resumed"] = records(loop.run(config(work, "kill", "checkpoint.save_interval=2")))
     out["kill_after"] = sorted(p.name for p in kill_dir.iterdir())
+
+    # 4. a NaN loss in step 2: skipped (and counted), or the run stops naming the step and its samples
+    class NaNTrainer(loop.Trainer):
+        def loss_func(self, loss_mask, per_token_loss):
+            total, count, report = super().loss_func(loss_mask, per_token_loss)
+            if self.iteration == 1:
+                total = total * float("nan")
+                report = report * float("nan")
+            return total, count, report
+
+    for policy in ("skip", "stop"):
+        trainer = NaNTrainer(config(work, f"nan_{policy}", "train.iterations=3", "checkpoint.dir=null",
+                                    f"train.on_nonfinite_loss={policy}"))
+        try:
+            out[f"nan_{policy}"] = [{k: r[k] for k in ("step", "loss", "skipped", "lr")} for r in trainer.train()["records"]]
+        except loop.NonFiniteLossError as e:
+            out[f"nan_{policy}"] = str(e)
+        finally:
+            trainer.close()
     return out
 
 

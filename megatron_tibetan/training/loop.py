@@ -287,6 +287,7 @@ class Trainer:
         for m in self.model:
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
+        lr = self._lr()  # the rate this step uses (the scheduler moves after the update)
         losses = self._run_schedule(iterators, self.num_microbatches, forward_only=False)
         loss, tokens = self._reduce_loss(losses)
         first = self.consumed_samples
@@ -301,11 +302,11 @@ class Trainer:
             self.metrics.message(f"{where}: update skipped ({self._skipped_in_a_row} in a row)")
             if self._skipped_in_a_row > self.cfg.train.max_skipped_steps:
                 raise NonFiniteLossError(f"{where}: more than train.max_skipped_steps={self.cfg.train.max_skipped_steps} skipped in a row")
-            return {"loss": loss, "grad_norm": float("nan"), "tokens": tokens, "skipped": True}
+            return {"loss": loss, "lr": lr, "grad_norm": float("nan"), "tokens": tokens, "skipped": True}
         self._skipped_in_a_row = 0
         _, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(increment=1)
-        return {"loss": loss, "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+        return {"loss": loss, "lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                 "tokens": tokens, "skipped": False}
 
     # --- the loop ----------------------------------------------------------------------------------------
@@ -348,7 +349,7 @@ class Trainer:
                 out = self.train_step(iterators)
                 self.iteration += 1
                 interval_tokens += cfg.batch.global_batch_size * cfg.data.seq_length
-                record = {"step": self.iteration, "loss": out["loss"], "lr": self._lr(), "grad_norm": out["grad_norm"],
+                record = {"step": self.iteration, "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
                           "skipped": self.skipped_steps, "consumed_samples": self.consumed_samples}
                 records.append(record)
                 if self.iteration % cfg.logging.interval == 0 or self.iteration == cfg.train.iterations:

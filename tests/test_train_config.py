@@ -1,0 +1,99 @@
+"""Training config: YAML + overrides, clear errors for bad keys/values, start-up checks (no megatron import)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from megatron_tibetan.config import ConfigError, data_blend, load_config
+from megatron_tibetan.training import checks
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs/cpt/tiny-cpu.yaml"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs/cpt").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_cpt_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.data.paths and cfg.train.iterations > 0
+
+
+def test_required_override_keys():
+    cfg = load_config(TINY, [
+        "parallel.tensor_model_parallel_size=2", "parallel.pipeline_model_parallel_size=2", "train.iterations=7",
+        "train.seed=5", "checkpoint.dir=/tmp/x", "checkpoint.save_interval=3", "checkpoint.load=/tmp/y",
+        "logging.dir=/tmp/z", "data.paths=[a_text_document,b_text_document]",
+    ])
+    assert (cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size) == (2, 2)
+    assert (cfg.train.iterations, cfg.train.seed) == (7, 5)
+    assert (cfg.checkpoint.dir, cfg.checkpoint.save_interval, cfg.checkpoint.load) == ("/tmp/x", 3, "/tmp/y")
+    assert cfg.logging.dir == "/tmp/z" and cfg.data.paths == ["a_text_document", "b_text_document"]
+    assert load_config(TINY, ["data.paths=one_text_document"]).data.paths == ["one_text_document"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("parallel.tensor_parallel=2", "unknown key 'parallel.tensor_parallel'"),
+    ("trian.iterations=2", "unknown key 'trian'"),
+    ("train.iterations=ten", "train.iterations: expected int"),
+    ("optimizer.lr=fast", "optimizer.lr: expected a number"),
+    ("precision.dtype=fp16", "precision.dtype: 'fp16' is not one of"),
+    ("batch.global_batch_size=6", "not a multiple of batch.micro_batch_size"),
+    ("train.iterations", "expected KEY=VALUE"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(TINY, [override])
+
+
+def test_bad_yaml_key_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.read_text() + "\nschedule:\n  warmup_iters: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*unknown key 'warmup_iters'"):
+        load_config(bad)
+
+
+def test_data_blend_forms():
+    assert data_blend(["a", "b"], None) == (["a", "b"], None)
+    assert data_blend(["0.7", "a", "0.3", "b"], None) == (["a", "b"], [0.7, 0.3])
+    assert data_blend(["a", "b"], [1, 3]) == (["a", "b"], [1.0, 3.0])
+    with pytest.raises(ConfigError, match="2 values for 1 paths"):
+        data_blend(["a"], [1, 2])
+
+
+def test_cpu_rejects_sequence_parallel_and_distributed_optimizer():
+    with pytest.raises(ConfigError, match="sequence_parallel is not available on CPU"):
+        checks.check_device(load_config(TINY, ["parallel.sequence_parallel=true"]), "cpu", False)
+    with pytest.raises(ConfigError, match="use_distributed_optimizer is not supported on CPU"):
+        checks.check_device(load_config(TINY, ["parallel.use_distributed_optimizer=true"]), "cpu", False)
+    with pytest.raises(ConfigError, match="fp8"):
+        checks.check_device(load_config(TINY, ["precision.fp8=hybrid", "model.transformer_impl=auto"]), "cpu", False)
+    checks.check_device(load_config(TINY), "cpu", False)  # the tiny config itself is fine
+
+
+def test_world_and_batch_checks():
+    cfg = load_config(TINY, ["parallel.tensor_model_parallel_size=2"])
+    with pytest.raises(ConfigError, match="world size 3 is not divisible"):
+        checks.check_world(cfg, 3)
+    assert checks.check_world(cfg, 4) == 2  # data parallel 2
+    with pytest.raises(ConfigError, match=r"global_batch_size \(8\) is not divisible .* data-parallel size \(3\)"):
+        checks.check_world(load_config(TINY), 3)
+
+
+def test_model_checks():
+    from megatron_tibetan.models.gpt import make_model_spec
+
+    cfg = load_config(TINY, ["parallel.tensor_model_parallel_size=4"])
+    spec = make_model_spec(cfg.model.hf_config)
+    with pytest.raises(ConfigError, match="must divide the attention heads"):
+        checks.check_model(cfg, spec, 49152)  # 2 key-value heads
+    with pytest.raises(ConfigError, match="151665 ids but the model's embedding has 49152 rows"):
+        checks.check_model(load_config(TINY), spec, 151665)
+
+
+def test_missing_dataset_names_the_build_command(tmp_path):
+    from megatron_tibetan.data.gpt import check_prefixes
+
+    cfg = load_config(TINY, [f"data.paths=[{tmp_path / 'nothing_text_document'}]"])
+    with pytest.raises(FileNotFoundError, match=r"nothing_text_document.bin.*tools/preprocess_data.py --input ../shared/data/mono/nanhai"):
+        check_prefixes(cfg.data.paths, "data.paths", cfg.data.build_command)
