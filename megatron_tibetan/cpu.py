@@ -8,8 +8,8 @@ CPU's), so TP=2 gives the same numbers as TP=1 and a CPU run the same numbers as
 
 1. Allocation device. ``torch.cuda.current_device()`` is used as ``device=`` in ~110 places (the
    global memory buffer of ``DotProductAttention``, ``param_and_grad_buffer`` of the DDP wrapper,
-   ``p2p_communication`` shape exchange, ``tensor_parallel.mappings``...). It returns 0 here, and
-   (3) maps every CUDA device to the CPU.
+   ``p2p_communication`` shape exchange, ``tensor_parallel.mappings``...). It returns the CPU device
+   (inside autograd's backward too, where (3) is suspended).
 2. RNG tracker. ``tensor_parallel.random.CudaRNGStatesTracker.add/fork``,
    ``model_parallel_cuda_manual_seed`` and activation recompute (``CheckpointFunction``) save, seed and
    restore the CUDA generator through ``torch.cuda.get_rng_state/set_rng_state/manual_seed`` and
@@ -30,7 +30,8 @@ CPU's), so TP=2 gives the same numbers as TP=1 and a CPU run the same numbers as
    ``megatron.core`` module, ``Tensor.type()`` reports the CUDA name of the same dtype; everyone else
    gets the true answer.
 
-Use: ``megatron_tibetan.cpu.apply()`` before building models (``megatron_tibetan.models.parallel``
+The mode lives on the thread that called :func:`apply` (megatron-core runs its forward, backward and
+schedules there). Use: ``megatron_tibetan.cpu.apply()`` before building models (``megatron_tibetan.models.parallel``
 calls it for you when it initialises a gloo/CPU run).
 """
 
