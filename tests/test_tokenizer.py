@@ -199,3 +199,21 @@ def test_fertility_tool(extended_dir, shared_data, tmp_path, monkeypatch, capsys
     result = json.loads(out.read_text())
     assert result["vocab_size"] == len(AutoTokenizer.from_pretrained(str(extended_dir)))
     assert result["files"][0]["lines"] == 38 and result["files"][0]["tokens_per_syllable"] > 0
+
+
+def test_smollm2_syllable_extension(shared_data, smollm2_base, flores, tmp_path):
+    base, merges, info = learn_extension("smollm2", [shared_data / "mono" / "nanhai.bo.txt.xz"], 300,
+                                         max_lines_per_file=1000, unit="syllable")
+    save_extended(base, "smollm2", merges, tmp_path, info)
+    tok = AutoTokenizer.from_pretrained(str(tmp_path))
+    ext = load_extension(tmp_path)
+    assert ext["unit"] == "syllable" and ext["new_token_ids"] == [len(smollm2_base), len(smollm2_base) + 300]
+    texts = [token_text(tok, t) for t in range(*ext["new_token_ids"])]
+    assert all(count_syllables(t) <= 1 for t in texts if t is not None)  # no token spans two syllables
+    bo = flores["bo"][:300]
+    ids = tok(bo, add_special_tokens=False)["input_ids"]
+    assert tok.batch_decode(ids) == bo
+    assert sum(map(len, ids)) < 0.5 * sum(map(len, smollm2_base(bo, add_special_tokens=False)["input_ids"]))
+    for lang in ("zh", "en"):
+        lines = flores[lang][:300]
+        assert tok(lines)["input_ids"] == smollm2_base(lines)["input_ids"], lang
