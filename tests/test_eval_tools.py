@@ -67,7 +67,7 @@ def test_evaluate_a_model(tiny_dir, shared_data, tmp_path):
                        "--output", str(out)])
     got = json.loads((out / "metrics.json").read_text())["models"]["tiny"]
     ppl = got["tatoeba.bo-en.bo"]
-    assert ppl["documents"] == 38 and ppl["perplexity"] > 1 and ppl["bits_per_byte"] > 0
+    assert ppl["documents"] == 4 and ppl["start_token"] == "<|im_end|>" and ppl["perplexity"] > 1 and ppl["bits_per_byte"] > 0
     for decode in ("greedy", "beam2"):
         assert KEYS | {f"{k}_ci95" for k in KEYS} <= set(got[f"en-bo.{decode}"])
         hyp = (out / f"tiny.en-bo.{decode}.hyp").read_text(encoding="utf-8")

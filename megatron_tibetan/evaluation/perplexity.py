@@ -31,6 +31,9 @@ class PerplexityResult:
     bytes: int  # UTF-8 bytes of the normalised text
     documents: int
     skipped_empty: int  # documents empty after normalisation (counted, not scored)
+    start_token: str = ""  # the token each document is conditioned on
+    max_length: int = 0  # window and stride used
+    stride: int = 0
 
     @property
     def perplexity(self) -> float:
@@ -151,4 +154,5 @@ def perplexity(
         for batch in _batches(items, batch_tokens):
             nll += _window_nll(model, batch, pad_id)
             bar.update(sum(len(w) for w, _ in batch))
-    return PerplexityResult(nll=nll, tokens=n_tokens, bytes=n_bytes, documents=docs, skipped_empty=empty)
+    return PerplexityResult(nll=nll, tokens=n_tokens, bytes=n_bytes, documents=docs, skipped_empty=empty,
+                            start_token=tokenizer.convert_ids_to_tokens(start), max_length=max_length, stride=stride)

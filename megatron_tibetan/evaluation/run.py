@@ -64,7 +64,7 @@ def evaluate(
     for lang, lines in sources.items():
         if len(lines) != len(refs):
             raise ValueError(f"{translations[lang]} has {len(lines)} lines but {ref} has {len(refs)}: not line-aligned")
-    texts = {Path(f).name: read_lines(f) for f in ppl_files}
+    texts = {Path(f).name: read_lines(f, limit) for f in ppl_files}
     results: dict = {}
     hyps: dict[str, dict[str, list[str]]] = {}
     for name, path in model_paths.items():
