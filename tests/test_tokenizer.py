@@ -180,6 +180,10 @@ def test_mean_init_and_errors(qwen_base, extended):
     assert out.shape == (len(extended), 4)
     assert torch.equal(out[: len(qwen_base)], embedding)
     torch.testing.assert_close(out[len(qwen_base):], embedding.mean(0).expand(len(extended) - len(qwen_base), 4))
+    padded_base = torch.randn(len(extended) + 50, 4)  # a base matrix already padded past the extension
+    assert init_new_embeddings(qwen_base, extended, padded_base, "mean").shape == padded_base.shape
+    with pytest.raises(ValueError, match="padded_vocab_size"):
+        init_new_embeddings(qwen_base, extended, embedding, "mean", padded_vocab_size=len(extended) - 1)
     with pytest.raises(ValueError, match="method"):
         init_new_embeddings(qwen_base, extended, embedding, "zeros")
     with pytest.raises(ValueError, match="shape"):

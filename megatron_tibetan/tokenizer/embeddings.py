@@ -46,10 +46,11 @@ def base_subtoken_ids(base_tokenizer, extended_tokenizer, token_id: int) -> list
 
 def init_new_embeddings(base_tokenizer, extended_tokenizer, embedding: torch.Tensor, method: str = "subtoken_mean",
                         padded_vocab_size: int | None = None) -> torch.Tensor:
-    """A ``[padded_vocab_size or len(extended_tokenizer), hidden]`` matrix: ``embedding``'s rows for the
-    base ids, new rows by ``method`` ("subtoken_mean" or "mean"), zero rows past ``embedding``'s end."""
+    """A ``[rows, hidden]`` matrix: ``embedding``'s rows for the base ids, new rows by ``method``
+    ("subtoken_mean" or "mean"), zero rows past ``embedding``'s end. ``rows`` is ``padded_vocab_size``,
+    by default the larger of the extended vocabulary and ``embedding`` (a padded base keeps its size)."""
     base_n, ext_n = len(base_tokenizer), len(extended_tokenizer)
-    rows = padded_vocab_size or ext_n
+    rows = padded_vocab_size or max(ext_n, embedding.shape[0])
     if method not in ("subtoken_mean", "mean"):
         raise ValueError(f"init_new_embeddings: method {method!r}, expected 'subtoken_mean' or 'mean'")
     if embedding.dim() != 2 or embedding.shape[0] < base_n:
