@@ -184,17 +184,18 @@ def test_reshard_to_tp1_exports_bit_exact(models, dist, tmp_path, name, saved):
     assert_same_hf(case["hf"], tmp_path / "hf")
 
 
-def test_round_trip_tp2_cli(models, tmp_path):
-    """HF -> Megatron at TP=2 (the CLI starts torchrun itself) -> HF with the CLI: bit-exact, same generation."""
+def test_round_trip_tp2_pp2_cli(models, tmp_path):
+    """HF -> Megatron at TP=2 x PP=2 (the CLI starts torchrun itself; each stage maps its own global layer
+    numbers, the last stage reads the tied output layer from the embedding) -> HF: bit-exact, same generation."""
     tool = str(ROOT / "tools" / "convert_checkpoint.py")
     source, megatron, back = models["qwen2"]["hf"], tmp_path / "mg", tmp_path / "hf_back"
     outputs = []
-    for args in (["import", "--hf", str(source), "--output", str(megatron), "--tp", "2"],
+    for args in (["import", "--hf", str(source), "--output", str(megatron), "--tp", "2", "--pp", "2"],
                  ["export", "--megatron", str(megatron), "--output", str(back)]):
         result = subprocess.run([sys.executable, tool, *args], env=run_env(), capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
         outputs.append(result.stdout)
-    assert "(TP=2, PP=1)" in outputs[0]
+    assert "(TP=2, PP=2)" in outputs[0]
     assert_same_hf(source, back)
 
 
