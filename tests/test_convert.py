@@ -199,39 +199,53 @@ def test_round_trip_tp2_pp2_cli(models, tmp_path):
     assert_same_hf(source, back)
 
 
-def test_extended_vocabulary_keeps_base_logits(work, tmp_path):
-    """Resize for an extended tokenizer: logits on base ids equal the original model's; base rows unchanged."""
-    from megatron_tibetan.convert import export_hf, import_hf
-    from megatron_tibetan.tokenizer.base import load_tokenizer
+@pytest.fixture(scope="module")
+def extended_tokenizer(work) -> tuple[Path, dict]:
     from megatron_tibetan.tokenizer.extend import extend_tokenizer
 
     data = ROOT.parent / "shared" / "data" / "mono" / "nanhai.bo.txt.xz"
-    extension = extend_tokenizer("smollm2", [data], 40, tmp_path / "tok", max_lines_per_file=500)
+    extension = extend_tokenizer("smollm2", [data], 40, work / "tok", max_lines_per_file=500)
     assert extension["num_new_tokens"] > 0
+    return work / "tok", extension
+
+
+@pytest.mark.parametrize("spare_rows", [0, 8])
+def test_extended_vocabulary_keeps_base_logits(extended_tokenizer, tmp_path, spare_rows):
+    """Resize for an extended tokenizer: logits on base ids equal the original model's, base rows unchanged,
+    new rows from the tokenizer's initialisation. ``spare_rows``: embedding rows past the tokenizer (as
+    Qwen2.5's 151,936 rows for 151,665 tokens), which new tokens take over."""
+    from megatron_tibetan.convert import export_hf, import_hf
+    from megatron_tibetan.tokenizer.base import load_tokenizer
+    from megatron_tibetan.tokenizer.embeddings import init_new_embeddings
+
+    tok, extension = extended_tokenizer
     base = load_tokenizer("smollm2")
+    n = len(base)
     torch.manual_seed(2)
     hf_dir = tmp_path / "hf"
-    tiny_llama(vocab_size=len(base), hidden=32).save_pretrained(hf_dir)
+    tiny_llama(vocab_size=n + spare_rows, hidden=32).save_pretrained(hf_dir)
     base.save_pretrained(hf_dir)
-    ids = torch.randint(0, len(base), (2, SEQ), generator=torch.Generator().manual_seed(3))
-    ref = hf_logits(hf_dir, ids)
+    ids = torch.randint(0, n, (2, SEQ), generator=torch.Generator().manual_seed(3))
+    ref = hf_logits(hf_dir, ids)[..., :n]
 
     import_hf(hf_dir, tmp_path / "mg_base")
-    spec = import_hf(hf_dir, tmp_path / "mg", tokenizer=str(tmp_path / "tok"))
+    spec = import_hf(hf_dir, tmp_path / "mg", tokenizer=str(tok))
     assert spec["hf_config"]["vocab_size"] == extension["vocab_size"]
     logits = megatron_logits(tmp_path / "mg", ids)
-    assert logits.shape[-1] == spec["padded_vocab_size"] > len(base)
-    assert torch.equal(logits[..., : len(base)], megatron_logits(tmp_path / "mg_base", ids)[..., : len(base)]), \
+    assert logits.shape[-1] == spec["padded_vocab_size"] > n
+    assert torch.equal(logits[..., :n], megatron_logits(tmp_path / "mg_base", ids)[..., :n]), \
         "base-vocabulary logits changed by the resize"
-    assert_close_logits(logits, ref, "extended vocabulary vs the original transformers model")
+    assert_close_logits(logits[..., :n], ref, "extended vocabulary vs the original transformers model")
 
     export_hf(tmp_path / "mg", tmp_path / "back")
     original, exported = read_safetensors(hf_dir), read_safetensors(tmp_path / "back")
+    extended = load_tokenizer(str(tmp_path / "back"))
+    assert len(extended) == extension["vocab_size"]
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         assert exported[name].shape[0] == extension["vocab_size"]
-        assert torch.equal(exported[name][: len(base)], original[name])
-        assert exported[name][len(base):].abs().sum() > 0, f"{name}: new rows not initialised"
-    assert len(load_tokenizer(str(tmp_path / "back"))) == extension["vocab_size"]
+        assert torch.equal(exported[name][:n], original[name][:n])
+        expected = init_new_embeddings(base, extended, original[name], "subtoken_mean", extension["vocab_size"])
+        assert torch.equal(exported[name][n:], expected[n:]) and exported[name][n:].abs().sum() > 0, name
 
 
 def test_bf16_round_trip_keeps_dtype(models, tmp_path):
