@@ -136,6 +136,28 @@ def launch(models, work: Path, nproc: int, tag: str) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
 
 
+def test_logits_llama3_rope_scaling(tmp_path):
+    """Llama 3.x RoPE scaling (factor 32; low/high frequency factors 1/4 over 8192 positions, as Llama 3.2)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from megatron_tibetan.convert import import_hf
+
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    config = LlamaConfig(vocab_size=500, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=1, rope_parameters=rope, max_position_embeddings=256)
+    torch.manual_seed(4)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # sharp attention, so that positions (and their RoPE angles) matter
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(20)
+            layer.self_attn.k_proj.weight.mul_(20)
+    model.save_pretrained(tmp_path / "hf")
+    ids = torch.randint(0, 500, (1, 256), generator=torch.Generator().manual_seed(5))
+    import_hf(tmp_path / "hf", tmp_path / "mg")
+    assert_close_logits(megatron_logits(tmp_path / "mg", ids), hf_logits(tmp_path / "hf", ids), "llama3 RoPE scaling")
+
+
 @pytest.fixture(scope="module")
 def dist(models, work) -> Path:
     """Two torchrun launches: 4 ranks (TP2 x DP2, PP2 x DP2, TP2 x PP2) and 3 ranks (TP3, for SmolLM2)."""

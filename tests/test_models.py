@@ -128,8 +128,12 @@ def test_clear_errors():
 
     with pytest.raises(UnsupportedModelError, match="model_type='mistral'"):
         make_model_spec(dict(LLAMA, model_type="mistral"))
-    with pytest.raises(UnsupportedModelError, match="RoPE scaling 'llama3'"):
-        make_model_spec(dict(LLAMA, rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}))
+    with pytest.raises(UnsupportedModelError, match="RoPE scaling 'yarn'"):
+        make_model_spec(dict(LLAMA, rope_parameters={"rope_type": "yarn", "rope_theta": 5e5, "factor": 8.0}))
+    llama3 = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 2.0,
+              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    with pytest.raises(UnsupportedModelError, match="low_freq_factor"):
+        make_model_spec(dict(LLAMA, rope_parameters=llama3))
     with pytest.raises(UnsupportedModelError, match="attention_bias"):
         make_model_spec(dict(LLAMA, attention_bias=True))
     with pytest.raises(ValueError, match="must divide the attention heads"):

@@ -49,15 +49,33 @@ def family_of(hf_config: dict) -> str:
     return FAMILIES[model_type]
 
 
+# megatron-core's llama3 RoPE scaling fixes these three (RotaryEmbedding._apply_scaling); Llama 3.1-3.3 use them
+_LLAMA3_FIXED = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+def _rope_params(hf: dict) -> dict:
+    return hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+
+
 def _rope_theta(hf: dict) -> float:
-    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type != "default":
-        raise UnsupportedModelError(f"RoPE scaling {rope_type!r} is not supported (only the default RoPE)")
-    theta = params.get("rope_theta", hf.get("rope_theta"))
+    theta = _rope_params(hf).get("rope_theta", hf.get("rope_theta"))
     if theta is None:
         raise UnsupportedModelError("HF config has no rope_theta (rope_parameters.rope_theta)")
     return float(theta)
+
+
+def rope_scaling_factor(hf: dict) -> float | None:
+    """None for plain RoPE; the factor for Llama 3.x scaling; an error for anything megatron-core cannot match."""
+    params = _rope_params(hf)
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type == "default":
+        return None
+    if rope_type == "llama3":
+        differ = {k: params.get(k) for k, v in _LLAMA3_FIXED.items() if float(params.get(k, -1)) != v}
+        if not differ:
+            return float(params["factor"])
+        raise UnsupportedModelError(f"llama3 RoPE scaling with {differ}: megatron-core fixes {_LLAMA3_FIXED}")
+    raise UnsupportedModelError(f"RoPE scaling {rope_type!r} is not supported (default and llama3 are)")
 
 
 def check_hf_config(hf: dict) -> str:
@@ -70,6 +88,7 @@ def check_hf_config(hf: dict) -> str:
     if family == "qwen2" and hf.get("use_sliding_window"):
         raise UnsupportedModelError("Qwen2 with use_sliding_window=true is not supported")
     _rope_theta(hf)
+    rope_scaling_factor(hf)
     return family
 
 
@@ -202,6 +221,8 @@ def build_gpt_model(spec: dict, *, use_te: bool = False, pre_process: bool | Non
         position_embedding_type="rope",
         rotary_percent=1.0,
         rotary_base=_rope_theta(hf),
+        rope_scaling=rope_scaling_factor(hf) is not None,
+        rope_scaling_factor=rope_scaling_factor(hf) or 8.0,
         vp_stage=vp_stage,
     )
 
