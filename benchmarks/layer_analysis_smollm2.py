@@ -84,7 +84,8 @@ def train(model, batches, lr: float, label: str) -> list[float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default="out/layers")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=20, help="CPT steps")
+    p.add_argument("--sft-steps", type=int, help="SFT steps after CPT (default: --steps; 0: no SFT stage)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -96,23 +97,36 @@ def main() -> None:
     base = presets.smollm2_hf_dir()
     tok = AutoTokenizer.from_pretrained(str(base))
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    record = {"base": str(base), "steps": a.steps, "batch": a.batch, "seq": a.seq, "lr": a.lr}
+    sft_steps = a.steps if a.sft_steps is None else a.sft_steps
+    record_path = out / "adapt.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record.update(base=str(base), batch=a.batch, seq=a.seq, lr=a.lr)
     stages = [
-        ("cpt", lambda: cpt_batches(tok, DATA / "mono" / "nanhai.bo.txt.xz", a.steps, a.batch, a.seq)),
-        ("sft", lambda: sft_batches(tok, DATA / "parallel" / "ntrex128.en.xz", DATA / "parallel" / "ntrex128.bo.xz", a.steps, a.batch, a.seq)),
+        ("cpt", a.steps, lambda: cpt_batches(tok, DATA / "mono" / "nanhai.bo.txt.xz", a.steps, a.batch, a.seq)),
+        ("sft", sft_steps, lambda: sft_batches(tok, DATA / "parallel" / "ntrex128.en.xz", DATA / "parallel" / "ntrex128.bo.xz", sft_steps, a.batch, a.seq)),
     ]
-    for name, make in stages:
+    done = []
+    for name, steps, make in stages:
+        if steps == 0:
+            break
+        done.append(name)
+        if (out / name / "model.safetensors").is_file() and record.get(name, {}).get("steps") == steps:
+            print(f"[{name}] reusing {out / name} ({steps} steps, trained before)")
+            model = AutoModelForCausalLM.from_pretrained(str(out / name), dtype=torch.float32)
+            continue
         start = time.perf_counter()
         losses = train(model, make(), a.lr, name)
         model.save_pretrained(out / name)
         tok.save_pretrained(out / name)
-        record[name] = {"losses": losses, "seconds": time.perf_counter() - start}
+        record[name] = {"steps": steps, "losses": losses, "seconds": time.perf_counter() - start}
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        record_path.write_text(json.dumps(record, indent=2) + "\n")
     start = time.perf_counter()
-    result = analyze(base, [out / "cpt", out / "sft"], names=["cpt", "sft"], chain=True)
+    result = analyze(base, [out / n for n in done], names=done, chain=True)
     report = layers_report(result, out / "analysis")
     record["analysis_seconds"] = time.perf_counter() - start
-    (out / "adapt.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {report} and {out / 'adapt.json'}")
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {report} and {record_path}")
 
 
 if __name__ == "__main__":
