@@ -285,6 +285,21 @@ def test_bf16_round_trip_keeps_dtype(models, tmp_path):
         assert tensor.dtype == exported[key].dtype == torch.bfloat16 and torch.equal(exported[key], tensor), key
 
 
+def test_sharded_safetensors_export_and_import(models, tmp_path):
+    """Export in several safetensors shards with the HF index; transformers loads it; import reads it back."""
+    from megatron_tibetan.convert import export_hf, import_hf
+
+    case = models["llama"]
+    export_hf(case["megatron"], tmp_path / "sharded", max_shard_bytes=100_000)
+    assert len(list((tmp_path / "sharded").glob("model-*-of-*.safetensors"))) > 2
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    assert torch.equal(hf_logits(tmp_path / "sharded", case["ids"]), case["ref"])
+    import_hf(tmp_path / "sharded", tmp_path / "mg")
+    export_hf(tmp_path / "mg", tmp_path / "back")
+    original, exported = read_safetensors(case["hf"]), read_safetensors(tmp_path / "back")
+    assert sorted(original) == sorted(exported) and all(torch.equal(original[k], exported[k]) for k in original)
+
+
 # --- errors -------------------------------------------------------------------------------------------
 
 def test_error_unsupported_architecture(tmp_path):
