@@ -313,6 +313,13 @@ def test_error_unsupported_architecture(tmp_path):
         import_hf(tmp_path, tmp_path / "mg")
 
 
+def test_error_output_exists(models):
+    from megatron_tibetan.convert import import_hf
+
+    with pytest.raises(FileExistsError, match="already holds a Megatron checkpoint"):
+        import_hf(models["llama"]["hf"], models["llama"]["megatron"])
+
+
 def test_error_tp_must_divide_heads_and_groups(models, tmp_path):
     from megatron_tibetan.convert import import_hf
 

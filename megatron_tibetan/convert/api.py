@@ -88,6 +88,8 @@ def import_hf(src: str | Path, output: str | Path, tp: int = 1, pp: int = 1, tok
               init_method: str = "subtoken_mean") -> dict:
     """Convert an HF checkpoint into a Megatron checkpoint directory; run on all TP x PP ranks. Returns the spec."""
     start = time.perf_counter()
+    if (Path(output) / layout.LATEST).exists() or layout.iteration_dir(output, 0).exists():
+        raise FileExistsError(f"{output} already holds a Megatron checkpoint; choose a new directory")
     source = HFSource(src)
     check_hf_config(source.config)  # before any weights are read
     config = extend_vocabulary(source, tokenizer, init_method) if tokenizer else source.config
