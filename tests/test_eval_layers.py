@@ -78,6 +78,8 @@ def test_finds_and_ranks_the_changed_tensors(checkpoints, monkeypatch, tmp_path)
                         / base["model.layers.1.mlp.down_proj.weight"].square().sum().item()), rel=1e-5)
     assert c["cells"]["1/mlp_down"]["relative"] == pytest.approx(0.5, rel=1e-5)
     assert c["layers"][0]["relative"] > 0 and c["modules"]["attn_k"]["relative"] == 0
+    down = c["modules"]["mlp_down"]
+    assert down["rms_delta"] == pytest.approx(0.5 * torch.linalg.norm(base["model.layers.1.mlp.down_proj.weight"]).item() / math.sqrt(3 * 32 * 64), rel=1e-5)
 
     s = result["comparisons"]["sft"]  # chained: against cpt
     assert s["reference"] == "cpt"

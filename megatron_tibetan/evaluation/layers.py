@@ -96,6 +96,7 @@ class TensorChange:
     shape: list[int]
     delta_sq: float = 0.0  # sum of squared differences over the compared (shared) rows
     base_sq: float = 0.0
+    elements: int = 0  # values compared (shared rows only)
     extended: dict | None = None  # rows only the adapted model has: {rows, norm, mean_row_norm, base_mean_row_norm}
 
     @property
@@ -108,6 +109,7 @@ class TensorChange:
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("name", "module", "layer", "shape", "delta_norm", "relative")}
+        d["rms_delta"] = math.sqrt(self.delta_sq / self.elements)
         d["base_norm"] = math.sqrt(self.base_sq)
         if self.extended:
             d["extended"] = self.extended
@@ -125,6 +127,7 @@ def _compare(base: Checkpoint, base_name: str, new: Checkpoint, name: str) -> Te
     if not b_shape:
         raise ValueError(f"tensor {name} in {base.path} is a scalar: not a weight to compare")
     row_size = math.prod(b_shape[1:])
+    change.elements = b_shape[0] * row_size
     for start, stop in _chunks(b_shape[0], row_size):
         w = base.rows(base_name, start, stop)
         change.delta_sq += (new.rows(name, start, stop) - w).square().sum(dtype=torch.float64).item()
@@ -191,11 +194,14 @@ def _natural(name: str):
 def _group(changes: list[TensorChange], key) -> dict:
     sums: dict = {}
     for c in changes:
-        d, b, n = sums.get(key(c), (0.0, 0.0, 0))
-        sums[key(c)] = (d + c.delta_sq, b + c.base_sq, n + 1)
+        d, b, e, n = sums.get(key(c), (0.0, 0.0, 0, 0))
+        sums[key(c)] = (d + c.delta_sq, b + c.base_sq, e + c.elements, n + 1)
+    # rms_delta (root mean square change per value) separates "how far the optimiser moved" from the
+    # weights' own scale: Adam moves every value by about the same step early on
     return {
-        k: {"delta_norm": math.sqrt(d), "relative": math.sqrt(d / b) if b > 0 else float("inf"), "tensors": n}
-        for k, (d, b, n) in sums.items()
+        k: {"delta_norm": math.sqrt(d), "relative": math.sqrt(d / b) if b > 0 else float("inf"),
+            "rms_delta": math.sqrt(d / e), "tensors": n}
+        for k, (d, b, e, n) in sums.items()
     }
 
 

@@ -42,7 +42,9 @@ def layers_report(analysis: dict, out: str | Path, top: int = 15) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     write_json(analysis, out / "analysis.json")
     lines = ["# Layer-wise analysis", "", f"Base: `{analysis['base']}`" + (" (chained: each model vs the one before)" if analysis["chain"] else ""), ""]
-    lines += ["Relative change ||ΔW|| / ||W|| (Frobenius norms; a group is sqrt(Σ||ΔW||²) / sqrt(Σ||W||²)).", ""]
+    lines += ["Relative change ||ΔW|| / ||W|| (Frobenius norms; a group is sqrt(Σ||ΔW||²) / sqrt(Σ||W||²)). "
+              "RMS ΔW per value is the optimiser's step size apart from the weights' scale (after few Adam steps it is "
+              "nearly the same everywhere, and the relative change then mirrors 1 / RMS(W)).", ""]
     if analysis["comparisons"]:
         lines += [f"![modules]({plots.modules(analysis, out / 'modules.png').name})", ""]
     for name, c in analysis["comparisons"].items():
@@ -51,8 +53,8 @@ def layers_report(analysis: dict, out: str | Path, top: int = 15) -> Path:
         bars = plots.top_k(c, title, out / f"topk_{_slug(name)}.png")
         lines += [f"## {title}", "", f"`{c['adapted']}` against `{c['base']}`: {len(c['tensors'])} tensors, "
                   f"total ||ΔW|| = {_fmt(c['total']['delta_norm'])}, ||ΔW||/||W|| = {_fmt(c['total']['relative'])}.", ""]
-        rows = [[m, v["tensors"], v["delta_norm"], v["relative"]] for m in MODULE_ORDER if (v := c["modules"].get(m))]
-        lines += _table(["module", "tensors", "‖ΔW‖", "‖ΔW‖/‖W‖"], rows) + [""]
+        rows = [[m, v["tensors"], v["delta_norm"], v["relative"], v["rms_delta"]] for m in MODULE_ORDER if (v := c["modules"].get(m))]
+        lines += _table(["module", "tensors", "‖ΔW‖", "‖ΔW‖/‖W‖", "RMS ΔW per value"], rows) + [""]
         layers = sorted(c["layers"].items(), key=lambda kv: int(kv[0]))
         lines += _table(["layer", "‖ΔW‖", "‖ΔW‖/‖W‖"], [[k, v["delta_norm"], v["relative"]] for k, v in layers]) + [""]
         ranked = sorted(c["tensors"], key=lambda t: -t["relative"])[:top]
