@@ -311,14 +311,22 @@ class Trainer:
 
     # --- the loop ----------------------------------------------------------------------------------------
 
+    def _param_gather_hooks(self, enable: bool) -> None:
+        """With overlapped parameter all-gather (distributed optimizer), gather eagerly around eval and save."""
+        if self.cfg.parallel.overlap_param_gather:
+            for m in self.model:
+                m.enable_forward_pre_hook() if enable else m.disable_forward_pre_hook()
+
     def evaluate(self) -> dict:
         """Loss and perplexity on the first ``validation.iterations`` micro-batches per data-parallel rank."""
+        self._param_gather_hooks(False)
         for m in self.model:
             m.eval()
         with torch.no_grad():
             losses = self._run_schedule(self._iterators(self.valid_data, 0), self.cfg.validation.iterations, forward_only=True)
         for m in self.model:
             m.train()
+        self._param_gather_hooks(True)
         loss, tokens = self._reduce_loss(losses)
         return {"step": self.iteration, "loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": tokens}
 
@@ -327,7 +335,9 @@ class Trainer:
         if not c.dir:
             return
         state = {"consumed_samples": self.consumed_samples, "skipped_steps": self.skipped_steps}
+        self._param_gather_hooks(False)
         path = ckpt.save_checkpoint(c.dir, self.iteration, self.model, self.optimizer, self.scheduler, state, c.keep_last)
+        self._param_gather_hooks(True)
         self.metrics.message(f"saved {path}")
 
     def _stop_requested(self, exit_signal: ExitSignal) -> bool:
@@ -370,9 +380,9 @@ class Trainer:
                     self.save()
                     interval_start = time.perf_counter()
             else:
-                if cfg.checkpoint.save_at_end and not (
-                    cfg.checkpoint.save_interval and self.iteration % cfg.checkpoint.save_interval == 0 and self.iteration > 0
-                ):
+                saved_already = self.iteration > 0 and (
+                    not records or (cfg.checkpoint.save_interval and self.iteration % cfg.checkpoint.save_interval == 0))
+                if cfg.checkpoint.save_at_end and not saved_already:
                     self.save()
         finally:
             exit_signal.restore()
