@@ -159,7 +159,7 @@ def main() -> None:
     data = out / "input.jsonl"
     info = make_input(Path(args.corpus), args.mb, data)
     quarter = out / "input_quarter.jsonl"
-    make_input(Path(args.corpus), args.mb / 4, quarter)
+    quarter_info = make_input(Path(args.corpus), args.mb / 4, quarter)
     mb = info["file_bytes"] / 1e6
     print(f"[bench] input: {info['documents']} documents, {mb:.1f} MB ({data})", flush=True)
     tok_dir = str(resolve_tokenizer_dir(args.tokenizer)[0])
@@ -203,7 +203,7 @@ def main() -> None:
     run("ours_full", w, ours_cmd + ["--input", str(data), "--output-prefix", str(out / "full"), "--workers", str(w)])
     quarter_mb = quarter.stat().st_size / 1e6
     run("ours_quarter", w, ours_cmd + identity + ["--input", str(quarter), "--output-prefix", str(out / "quarter"),
-                                                   "--workers", str(w)], input_mb=quarter_mb, docs=0)
+                                                   "--workers", str(w)], input_mb=quarter_mb, docs=quarter_info["documents"])
     result = {"input": {**info, "corpus": args.corpus, "tokenizer": args.tokenizer}, "baseline": baseline_name,
               "baseline_path": args.megatron_lm, "cpus": os.cpu_count(), "load_average": os.getloadavg(),
               "runs": runs, "comparisons": comparisons}

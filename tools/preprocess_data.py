@@ -68,8 +68,9 @@ def main(argv=None) -> int:
         print(f"preprocess_data: error: {error}", file=sys.stderr)
         return 1
     dropped = ", ".join(f"{k}={v}" for k, v in stats["dropped"].items() if v) or "none"
+    per_syllable = f"{stats['tokens_per_syllable']:.2f}" if stats["tokens_per_syllable"] else "n/a"
     print(f"[preprocess] {stats['documents_in']} documents in, {stats['documents_out']} written, dropped: {dropped}; "
-          f"{stats['tokens']} tokens ({stats['tokens_per_syllable']:.2f} per syllable); "
+          f"{stats['tokens']} tokens ({per_syllable} per syllable); "
           f"{stats['mb_per_s']:.2f} MB/s, {stats['docs_per_s']:.0f} docs/s in {stats['seconds']:.1f} s")
     for prefix in stats["datasets"].values():
         print(f"[preprocess] wrote {prefix}.bin/.idx")

@@ -219,8 +219,7 @@ def preprocess(config: PreprocessConfig, tokenizer=None) -> dict:
     prefixes = {key: dataset_prefix(config.output_prefix, key) for key in config.json_keys}
     progress = tqdm(desc="preprocess", unit="B", unit_scale=True, unit_divisor=1000, mininterval=1.0,
                     disable=not config.progress, file=sys.stderr)
-    # spawn: workers start clean (no copy of this process's torch state) while megatron.core is imported here
-    with multiprocessing.get_context("spawn").Pool(config.workers, _init_worker, (spec,)) as pool, \
+    with _pool_context().Pool(config.workers, _init_worker, (spec,)) as pool, \
             contextlib.ExitStack() as stack:
         dtype = token_dtype(len(tokenizer))
         writers = {key: stack.enter_context(DocumentWriter(prefix, dtype)) for key, prefix in prefixes.items()}
@@ -238,6 +237,13 @@ def preprocess(config: PreprocessConfig, tokenizer=None) -> dict:
     with open(config.output_prefix + "_stats.json", "w") as f:
         json.dump(stats, f, indent=2, ensure_ascii=False)
     return stats
+
+
+def _pool_context():
+    """fork on Linux (as Megatron-LM's tool; spawn cannot start workers for a script read from stdin),
+    spawn elsewhere. Workers use only the tokenizer they build from JSON, never inherited state."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # else tokenizers warns at every fork
+    return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
 
 
 def _check_totals(totals: _Totals, paths: list) -> None:
