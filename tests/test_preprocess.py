@@ -62,7 +62,7 @@ def test_round_trip_counts_and_stats(eod_run, nanhai, tokenizer):
     filters, eod = FilterConfig(), tokenizer.eos_token_id
     expected, dropped, seen = [], dict.fromkeys(stats["dropped"], 0), set()
     for line in nanhai[1]:
-        text = normalize(line, keep_newlines=True)
+        text = normalize(line)
         reason = check_text(text, filters) or ("duplicate" if text in seen else None)
         if reason:
             dropped[reason] += 1
@@ -110,6 +110,18 @@ def test_jsonl_keys_and_invalid_utf8_are_counted(tmp_path, nanhai, tokenizer):
     for key, texts in (("text", lines), ("title", lines[::-1])):
         _, documents = _read(str(tmp_path / f"out_{key}_document"))  # Megatron's naming for other keys
         assert documents == [tokenizer(texts[i]).input_ids for i in kept]  # no eod without --append-eod
+
+
+def test_paragraph_documents_keep_their_lines(tmp_path, nanhai, tokenizer):
+    lines = nanhai[1][:12]
+    paragraphs = ["\n".join(lines[i : i + 3]) for i in range(0, 12, 3)]
+    path = tmp_path / "paragraphs.txt"
+    path.write_text("\n\n".join(paragraphs) + "\n", encoding="utf-8")
+    stats = preprocess(_config(tmp_path, [path], paragraphs=True, append_eod=True), tokenizer)
+    _, documents = _read(stats["datasets"]["text"])
+    expected = [normalize(p, keep_newlines=True) for p in paragraphs]
+    assert all(text.count("\n") == 2 for text in expected)
+    assert stats["documents_in"] == 4 and documents == [tokenizer(t).input_ids + [tokenizer.eos_token_id] for t in expected]
 
 
 def test_qwen_vocabulary_is_written_as_int32(tmp_path, nanhai):

@@ -104,7 +104,7 @@ def _encode_chunk(docs: list[RawDocument], dtype: str) -> _Chunk:
             invalid.append(f"{doc.source}:{doc.line}")
             continue
         if spec.normalize:
-            texts = tuple(normalize(t, keep_newlines=True) for t in texts)
+            texts = tuple(normalize(t, keep_newlines="\n" in t) for t in texts)  # multi-line documents keep lines
         reason = next((r for r in (check_text(t, spec.filters) for t in texts) if r), None)
         if reason:
             dropped[reason] = dropped.get(reason, 0) + 1
