@@ -17,7 +17,6 @@ warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not i
 
 from megatron_tibetan.data.preprocess import PreprocessConfig, preprocess  # noqa: E402
 from megatron_tibetan.text.filters import FilterConfig  # noqa: E402
-from megatron_tibetan.text.readers import InputError  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,7 +63,7 @@ def main(argv=None) -> int:
     )
     try:
         stats = preprocess(config)
-    except (InputError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError) as error:  # bad input (readers.InputError is a ValueError)
         print(f"preprocess_data: error: {error}", file=sys.stderr)
         return 1
     dropped = ", ".join(f"{k}={v}" for k, v in stats["dropped"].items() if v) or "none"

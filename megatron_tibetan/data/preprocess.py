@@ -65,8 +65,8 @@ class _WorkerSpec(NamedTuple):
 
 
 class _Chunk(NamedTuple):
-    """What a worker returns for one chunk. ``kept`` are the documents that passed the per-document
-    filters (duplicates are decided in the main process, which sees every document)."""
+    """What a worker returns for one chunk. The arrays cover the documents that passed the
+    per-document filters; duplicates are decided in the main process, which sees every document."""
 
     documents: int
     encoder: str  # "piece-cache" or "encode_batch" (megatron_tibetan.data.encode)
@@ -207,7 +207,7 @@ def preprocess(config: PreprocessConfig, tokenizer=None) -> dict:
 
     start = time.perf_counter()
     paths = _check_inputs(config)
-    tokenizer = tokenizer or load_tokenizer(config.tokenizer)
+    tokenizer = load_tokenizer(config.tokenizer) if tokenizer is None else tokenizer
     eod_id = tokenizer.eos_token_id if config.append_eod else None
     if config.append_eod and eod_id is None:
         raise ValueError(f"tokenizer '{config.tokenizer}' has no eos token to append as eod")
@@ -219,7 +219,7 @@ def preprocess(config: PreprocessConfig, tokenizer=None) -> dict:
     prefixes = {key: dataset_prefix(config.output_prefix, key) for key in config.json_keys}
     progress = tqdm(desc="preprocess", unit="B", unit_scale=True, unit_divisor=1000, mininterval=1.0,
                     disable=not config.progress, file=sys.stderr)
-    with _pool_context().Pool(config.workers, _init_worker, (spec,)) as pool, \
+    with _start_pool(config.workers, spec) as pool, \
             contextlib.ExitStack() as stack:
         dtype = token_dtype(len(tokenizer))
         writers = {key: stack.enter_context(DocumentWriter(prefix, dtype)) for key, prefix in prefixes.items()}
@@ -239,11 +239,19 @@ def preprocess(config: PreprocessConfig, tokenizer=None) -> dict:
     return stats
 
 
-def _pool_context():
+def _start_pool(workers: int, spec: _WorkerSpec):
     """fork on Linux (as Megatron-LM's tool; spawn cannot start workers for a script read from stdin),
     spawn elsewhere. Workers use only the tokenizer they build from JSON, never inherited state."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # else tokenizers warns at every fork
-    return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # set while forking, else tokenizers warns in each child
+    try:
+        return context.Pool(workers, _init_worker, (spec,))
+    finally:
+        if before is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
 def _check_totals(totals: _Totals, paths: list) -> None:
