@@ -77,12 +77,13 @@ def modules(analysis: dict, path: Path) -> Path:
 def correlation(a: dict, b: dict, labels: tuple[str, str], path: Path) -> Path:
     rb = {t["name"]: t for t in b["tensors"]}
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    for module in MODULE_ORDER:
+    colours = plt.get_cmap("tab20").colors  # one colour per module type (tab10 would repeat)
+    for i, module in enumerate(MODULE_ORDER):
         pairs = [(t["relative"], rb[t["name"]]["relative"]) for t in a["tensors"]
                  if t["module"] == module and t["name"] in rb and t["relative"] > 0 and rb[t["name"]]["relative"] > 0]
         if pairs:
             x, y = zip(*pairs)
-            ax.scatter(x, y, s=10, label=module)
+            ax.scatter(x, y, s=10, label=module, color=colours[i % len(colours)])
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(f"{labels[0]}: ||ΔW|| / ||W||")
