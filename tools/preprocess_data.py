@@ -27,6 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output-prefix", required=True, help="writes <prefix>_<key>_document.bin/.idx and <prefix>_stats.json")
     p.add_argument("--tokenizer", "--tokenizer-model", dest="tokenizer", required=True,
                    help="preset (smollm2, qwen2.5), HF tokenizer directory, tokenizer.json or .gguf")
+    p.add_argument("--tokenizer-type", choices=["HuggingFaceTokenizer"],
+                   help="accepted for Megatron-LM command lines; every tokenizer here is a Hugging Face one")
     p.add_argument("--workers", type=int, default=1, help="tokenising processes (one core each)")
     p.add_argument("--json-keys", nargs="+", default=["text"], help="keys of .jsonl records to tokenise")
     p.add_argument("--append-eod", action="store_true", help="append the tokenizer's eos token to every document")
@@ -71,6 +73,8 @@ def main(argv=None) -> int:
     print(f"[preprocess] {stats['documents_in']} documents in, {stats['documents_out']} written, dropped: {dropped}; "
           f"{stats['tokens']} tokens ({per_syllable} per syllable); "
           f"{stats['mb_per_s']:.2f} MB/s, {stats['docs_per_s']:.0f} docs/s in {stats['seconds']:.1f} s")
+    for location in stats["invalid_utf8_lines"][:10]:
+        print(f"[preprocess] skipped invalid UTF-8 at {location}", file=sys.stderr)
     for prefix in stats["datasets"].values():
         print(f"[preprocess] wrote {prefix}.bin/.idx")
     print(f"[preprocess] stats: {args.output_prefix}_stats.json")
