@@ -7,8 +7,9 @@ only a few thousand distinct ones, so most of the Rust encoder's time goes to re
 distinct pre-token once with the tokenizer itself, and concatenates; the ids equal
 ``tokenizer.encode(text).ids``.
 
-Used only where that equality holds by construction, otherwise :func:`make_encoder` returns the
-plain ``encode_batch``:
+Used only under these conditions, which make the cut the tokenizer's own (tests check the ids on real
+text and the cut on every accepted character); otherwise :func:`make_encoder` returns the plain
+``encode_batch``:
 - normaliser none or NFC; pre-tokeniser ByteLevel (GPT-2 expression, no prefix space) or
   Split(expression, isolated) followed by ByteLevel without expression; BPE model without dropout;
 - documents that contain an added token, or a character outside the scripts whose Unicode classes
