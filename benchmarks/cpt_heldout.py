@@ -27,7 +27,7 @@ def score(model_dir: str, tokenizer_spec: str, texts: list[str]) -> dict:
     from megatron_tibetan.evaluation.perplexity import perplexity
     from megatron_tibetan.tokenizer.base import load_tokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     result = perplexity(model, load_tokenizer(tokenizer_spec), texts, max_length=1024, progress=False)
     return {"perplexity": result.perplexity, "nll_per_token": result.nll / result.tokens,
             "bits_per_byte": result.bits_per_byte, "tokens": result.tokens, "documents": result.documents}

@@ -32,10 +32,10 @@ def hf_model(trainer):
 
     hf = dict(trainer.spec["hf_config"])
     if trainer.cfg.checkpoint.load and Path(trainer.cfg.checkpoint.load).resolve() == (ROOT / "runs/ckpt/smollm2").resolve():
-        return AutoModelForCausalLM.from_pretrained(str(presets.smollm2_hf_dir()), torch_dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(str(presets.smollm2_hf_dir()), dtype=torch.float32)
     config = AutoConfig.for_model(hf.pop("model_type"), **{k: v for k, v in hf.items() if not k.startswith("_")})
     torch.manual_seed(trainer.cfg.train.seed)
-    return AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
 def hf_step(model, optimizer, micro_batches, clip: float) -> float:

@@ -98,7 +98,7 @@ def main(work: Path) -> dict:
             total, count, report = super().loss_func(loss_mask, per_token_loss)
             if self.iteration == 1:
                 total = total * float("nan")
-                report = report * float("nan")
+                report = {k: v * float("nan") for k, v in report.items()}
             return total, count, report
 
     for policy in ("skip", "stop"):

@@ -99,6 +99,13 @@ class Trainer:
         self.use_te = checks.use_transformer_engine(cfg, self.device)
         checks.check_device(cfg, self.device, self.use_te)
         self.dp_size = checks.check_world(cfg, world()[1])
+        if build_data is None:  # fail on missing data before the model is built
+            from megatron_tibetan.config import data_blend
+            from megatron_tibetan.data.gpt import check_prefixes
+
+            check_prefixes(data_blend(cfg.data.paths, cfg.data.weights)[0], "data.paths", cfg.data.build_command)
+            if cfg.validation.paths:
+                check_prefixes(data_blend(cfg.validation.paths, None, "validation")[0], "validation.paths")
         init_parallel(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, seed=cfg.train.seed,
                       backend="gloo" if self.device == "cpu" else None)
         if p.virtual_pipeline_model_parallel_size:
