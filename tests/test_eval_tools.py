@@ -73,6 +73,7 @@ def test_evaluate_a_model(tiny_dir, shared_data, tmp_path):
         hyp = (out / f"tiny.en-bo.{decode}.hyp").read_text(encoding="utf-8")
         assert hyp.count("\n") == 4
     assert "## Perplexity" in (out / "report.md").read_text()
+    assert (out / "translation.png").is_file() and (out / "bits_per_byte.png").is_file()
 
 
 def test_analyze_layers_tool(tiny_dir, tmp_path):

@@ -93,3 +93,26 @@ def correlation(a: dict, b: dict, labels: tuple[str, str], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def metric_bars(metrics: dict, keys: tuple[str, ...], path: Path, ylabel: str) -> Path | None:
+    """Grouped bars, one group per (model, set) that has ``keys``, with the 95% interval as error bars."""
+    groups = [(f"{m}\n{s}", v) for m, sets in metrics.items() for s, v in sets.items() if keys[0] in v]
+    if not groups:
+        return None
+    width = 0.8 / len(keys)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(groups) + 2), 4))
+    for i, key in enumerate(keys):
+        values = [v[key] for _, v in groups]
+        cis = [v.get(f"{key}_ci95") for _, v in groups]
+        err = None
+        if all(cis):
+            err = np.array([[max(0.0, val - lo), max(0.0, hi - val)] for val, (lo, hi) in zip(values, cis)]).T
+        ax.bar(np.arange(len(groups)) + i * width, values, width, yerr=err, capsize=2, label=key)
+    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, [g for g, _ in groups], fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

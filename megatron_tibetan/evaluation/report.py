@@ -91,6 +91,8 @@ def metrics_report(metrics: dict, out: str | Path, significance: dict | None = N
     if ppl:
         lines += ["## Perplexity", "", "Token-weighted over every predicted token; bits per byte of the normalised text.", ""]
         lines += _table(["model", "set", "perplexity", "bits/byte", "tokens", "bytes", "documents"], ppl) + [""]
+        png = plots.metric_bars(metrics, ("bits_per_byte",), out / "bits_per_byte.png", "bits per byte (lower is better)")
+        lines += [f"![bits per byte]({png.name})", ""]
     mt = []
     for m, sets in metrics.items():
         for s, v in sets.items():
@@ -100,6 +102,8 @@ def metrics_report(metrics: dict, out: str | Path, significance: dict | None = N
         lines += ["## Translation", "", "BLEU on syllable-segmented Tibetan (tokenize=none), sacrebleu default BLEU (13a), "
                   "chrF on normalised text, chrF++ with syllables as words; [95% bootstrap interval].", ""]
         lines += _table(["model", "set", "BLEU (syllable)", "BLEU (13a)", "chrF", "chrF++", "lines"], mt) + [""]
+        png = plots.metric_bars(metrics, METRIC_COLUMNS, out / "translation.png", "score (95% bootstrap interval)")
+        lines += [f"![translation]({png.name})", ""]
     for set_name, by_metric in (significance or {}).items():
         lines += [f"### Paired bootstrap: {set_name}", "", "p-value of the difference to the first system (sacrebleu, paired bootstrap).", ""]
         systems = list(next(iter(by_metric.values())))
