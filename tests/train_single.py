@@ -92,7 +92,12 @@ def main(work: Path) -> dict:
     out["kill_resumed"] = records(loop.run(config(work, "kill", "checkpoint.save_interval=2")))
     out["kill_after"] = sorted(p.name for p in kill_dir.iterdir())
 
-    # 4. a NaN loss in step 2: skipped (and counted), or the run stops naming the step and its samples
+    # 4. bf16 from a weights-only load: the optimizer's fp32 master weights must be the loaded ones
+    out["bf16_finetune"] = records(loop.run(config(
+        work, "bf16", f"checkpoint.load={work / 'full' / 'ckpt'}", "checkpoint.finetune=true", "checkpoint.dir=null",
+        "precision.dtype=bf16", "train.iterations=3", "schedule.warmup_iterations=0")))
+
+    # 5. a NaN loss in step 2: skipped (and counted), or the run stops naming the step and its samples
     class NaNTrainer(loop.Trainer):
         def loss_func(self, loss_mask, per_token_loss):
             total, count, report = super().loss_func(loss_mask, per_token_loss)

@@ -218,7 +218,10 @@ class Trainer:
     def _load(self, path: Path) -> None:
         full = not self.cfg.checkpoint.finetune or path.parent == Path(self.cfg.checkpoint.dir or "")
         state = ckpt.load_checkpoint(path, self.model, self.optimizer if full else None, self.scheduler if full else None)
-        if state is not None:
+        if state is None:
+            # weights only: a bf16 model's fp32 master copy in the optimizer was made from the initial weights
+            self.optimizer.reload_model_params()
+        else:
             self.iteration = state["iteration"]
             self.consumed_samples = state["consumed_samples"]
             self.skipped_steps = state.get("skipped_steps", 0)
