@@ -22,14 +22,14 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
         parser.error(str(e))
-    from megatron_tibetan.training.loop import run
+    from megatron_tibetan.training.loop import NonFiniteLossError, run
 
     try:
-        result = run(cfg)
-    except (ConfigError, FileNotFoundError) as e:
+        run(cfg)
+    except (ConfigError, FileNotFoundError, NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0 if result else 1
+    return 0
 
 
 if __name__ == "__main__":  # the guard matters: dist_checkpointing's save spawns a process that re-imports this

@@ -201,13 +201,6 @@ def prune_checkpoints(root, keep_last: int) -> list[Path]:
     return removed
 
 
-def has_train_state(path) -> bool:
-    """Whether an iteration folder holds a training state (else it is a converted, weights-only checkpoint)."""
-    from megatron.core import dist_checkpointing
-
-    return TRAIN_STATE in dist_checkpointing.load_common_state_dict(str(path))
-
-
 def load_checkpoint(path, model_chunks, optimizer=None, scheduler=None) -> dict | None:
     """Load an iteration folder into the model (and, when given, optimizer, scheduler and RNG).
 
