@@ -26,7 +26,8 @@ setup(
         "tensorboard>=2.15",
         "gguf>=0.10",  # reading the SmolLM2 GGUF preset through transformers
         "accelerate>=1.0",
-        "tiktoken>=0.7",
+        "tiktoken>=0.7",  # reading qwen.tiktoken for the qwen2.5 preset
+        "regex>=2023.0",  # the tokenizers' split patterns (\p{L}, \p{M}) in preprocessing
     ],
     extras_require={
         # GPU cluster only: never installed in the CPU environment (the empty PyPI meta package
