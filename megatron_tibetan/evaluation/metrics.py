@@ -37,6 +37,11 @@ METRICS: dict[str, tuple[Callable, Callable[[str], str]]] = {
 }
 
 
+def _interval(mean: float, half_width: float) -> list[float]:
+    """sacrebleu's 95% interval (bootstrap mean ± half the 2.5–97.5 percentile range), kept within [0, 100]."""
+    return [max(0.0, float(mean - half_width)), min(100.0, float(mean + half_width))]
+
+
 def _check(hyps: Sequence[str], refs: Sequence[str], where: str) -> None:
     if len(hyps) != len(refs):
         raise ValueError(f"{where}: {len(hyps)} hypothesis lines but {len(refs)} reference lines (must be line-aligned)")
@@ -53,7 +58,7 @@ def score(hyps: Sequence[str], refs: Sequence[str], n_bootstrap: int = 1000, whe
         result = metric.corpus_score([view(h) for h in hyps], [[view(r) for r in refs]], n_bootstrap=n_bootstrap)
         out[key] = result.score
         if n_bootstrap > 1:
-            out[f"{key}_ci95"] = [float(result._mean - result._ci), float(result._mean + result._ci)]
+            out[f"{key}_ci95"] = _interval(result._mean, result._ci)
         out["signatures"][key] = str(metric.get_signature())
     return out
 
@@ -75,7 +80,7 @@ def paired_bootstrap(systems: dict[str, Sequence[str]], refs: Sequence[str], n_s
         results = next(v for k, v in scores.items() if k != "System")
         out[key] = {
             name: {"score": float(r.score), "p_value": None if r.p_value is None else float(r.p_value),
-                   "mean": float(r.mean), "ci95": [float(r.mean - r.ci), float(r.mean + r.ci)]}
+                   "mean": float(r.mean), "ci95": _interval(r.mean, r.ci)}
             for name, r in zip(scores["System"], results)
         }
     return out
