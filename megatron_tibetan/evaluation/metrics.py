@@ -28,12 +28,24 @@ def syllable_view(text: str) -> str:
     return segment_for_bleu(normalize(text))
 
 
+class _CHRF(CHRF):
+    """sacrebleu's chrF, its scores always Python floats.
+
+    sacrebleu returns a plain 0.0 for a bootstrap resample that shares no n-gram with the reference and
+    a numpy float32 otherwise; its interval code (``statistics.mean``) then refuses the mix with a
+    TypeError. That happens exactly on the poor translations an untrained model produces.
+    """
+
+    def _compute_f_score(self, statistics) -> float:
+        return float(super()._compute_f_score(statistics))
+
+
 # metric key -> (sacrebleu metric factory, how hypothesis and reference are viewed)
 METRICS: dict[str, tuple[Callable, Callable[[str], str]]] = {
     "bleu_syllable": (lambda: BLEU(tokenize="none"), syllable_view),
     "bleu_default": (lambda: BLEU(), normalize),
-    "chrf": (lambda: CHRF(), normalize),
-    "chrf_pp": (lambda: CHRF(word_order=2), syllable_view),
+    "chrf": (lambda: _CHRF(), normalize),
+    "chrf_pp": (lambda: _CHRF(word_order=2), syllable_view),
 }
 
 
