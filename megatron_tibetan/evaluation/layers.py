@@ -97,7 +97,7 @@ class TensorChange:
     delta_sq: float = 0.0  # sum of squared differences over the compared (shared) rows
     base_sq: float = 0.0
     elements: int = 0  # values compared (shared rows only)
-    extended: dict | None = None  # rows only the adapted model has: {rows, norm, mean_row_norm, base_mean_row_norm}
+    extended: dict | None = None  # rows only the adapted model has: {rows, shared_rows, norm, rms_row_norm, base_rms_row_norm}
 
     @property
     def delta_norm(self) -> float:
