@@ -32,10 +32,10 @@ def run(stage: str, cmd: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=30, help="continual-pretraining steps")
+    parser.add_argument("--iterations", type=int, default=12, help="continual-pretraining steps")
     parser.add_argument("--documents", type=int, default=20000, help="Nanhai documents to preprocess")
-    parser.add_argument("--eval-lines", type=int, default=200, help="FLORES dev lines for perplexity")
-    parser.add_argument("--translate-lines", type=int, default=8, help="FLORES dev lines to translate en->bo")
+    parser.add_argument("--eval-lines", type=int, default=20, help="FLORES dev lines for perplexity")
+    parser.add_argument("--translate-lines", type=int, default=4, help="FLORES dev lines to translate en->bo")
     args = parser.parse_args()
     if not (DATA / "README.md").is_file():
         sys.exit(f"[demo] the shared data is not at {DATA}: the project expects ../shared/data beside it")
@@ -65,7 +65,8 @@ def main() -> None:
          f"validation.paths=[{OUT}/data/flores_dev_bo_smollm2_text_document]",
          f"checkpoint.load={OUT}/ckpt/smollm2", f"checkpoint.dir={OUT}/cpt/checkpoints",
          f"checkpoint.save_interval={args.iterations}", f"logging.dir={OUT}/cpt",
-         f"validation.interval={args.iterations}", f"train.iterations={args.iterations}"])
+         f"validation.interval={args.iterations}", "validation.iterations=4",
+         "batch.global_batch_size=4", f"train.iterations={args.iterations}"])
     run("5/7 Megatron checkpoint -> Hugging Face directory",
         [py, "tools/convert_checkpoint.py", "export", "--megatron", f"{OUT}/cpt/checkpoints",
          "--output", f"{OUT}/hf/smollm2-cpt"])
@@ -75,7 +76,7 @@ def main() -> None:
     run("6/7 evaluation: en->bo translation (greedy) with BLEU and chrF",
         [py, "tools/evaluate.py", "--model", "base=smollm2", "--model", f"cpt={OUT}/hf/smollm2-cpt",
          "--translate", f"en={DATA / 'eval' / 'flores200.dev.en'}", "--ref", str(flores),
-         "--limit", str(args.translate_lines), "--max-new-tokens", "64", "--output", f"{OUT}/eval-translation"])
+         "--limit", str(args.translate_lines), "--max-new-tokens", "48", "--output", f"{OUT}/eval-translation"])
     run("7/7 layer-wise analysis of what continual pretraining changed",
         [py, "tools/analyze_layers.py", "--base", "smollm2", "--adapted", f"cpt={OUT}/hf/smollm2-cpt",
          "--output", f"{OUT}/layers"])
