@@ -86,20 +86,27 @@ def main() -> None:
 def summarize(seconds: float) -> None:
     """Print the figures a newcomer wants to see, read back from the stages' own JSON files."""
     out = ROOT / OUT
+
+    def load(path: str) -> dict:
+        return json.loads((out / path).read_text())
+
+    fert = {name: load(f"tokenizer/fertility_{name}.json")["files"][0]["tokens_per_syllable"]
+            for name in ("base", "extended")}
+    steps = [json.loads(x) for x in (out / "cpt" / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    train = [x["loss"] for x in steps if x.get("split", "train") == "train" and "loss" in x]
+    ppl = {m: next(iter(sets.values())) for m, sets in load("eval/metrics.json")["models"].items()}
+    trans = {m: next(iter(sets.values())) for m, sets in load("eval-translation/metrics.json")["models"].items()}
     print(f"\n[demo] finished in {seconds / 60:.1f} min; everything is under {OUT}/")
-    for name in ("base", "extended"):
-        fert = json.loads((out / "tokenizer" / f"fertility_{name}.json").read_text())
-        print(f"[demo] tokenizer {name}: {json.dumps(fert, sort_keys=True)[:200]}")
-    metrics_path = out / "eval" / "metrics.json"
-    metrics = json.loads(metrics_path.read_text())
-    print(f"[demo] perplexity and bits per byte on FLORES dev bo: {metrics_path.relative_to(ROOT)}")
-    print(json.dumps(metrics, indent=1, sort_keys=True)[:1500])
-    lines = [json.loads(x) for x in (out / "cpt" / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    losses = [x["loss"] for x in lines if "loss" in x]
-    if losses:
-        print(f"[demo] CPT training loss: first {losses[0]:.3f}, last {losses[-1]:.3f} ({len(losses)} logged steps)")
-    print(f"[demo] translation metrics: {OUT}/eval-translation/metrics.json; "
-          f"layer analysis: {OUT}/layers/report.md (PNG heatmaps beside it)")
+    print(f"  tokens per Tibetan syllable (FLORES dev bo): SmolLM2 {fert['base']:.2f}, "
+          f"with 4,000 Tibetan tokens {fert['extended']:.2f}")
+    print(f"  continual pretraining: training loss {train[0]:.3f} -> {train[-1]:.3f} in {len(train)} steps")
+    print(f"  FLORES dev bo ({ppl['base']['documents']} lines): perplexity {ppl['base']['perplexity']:.2f} -> "
+          f"{ppl['cpt']['perplexity']:.2f}, bits per byte {ppl['base']['bits_per_byte']:.3f} -> "
+          f"{ppl['cpt']['bits_per_byte']:.3f}  (base -> after CPT)")
+    print(f"  en->bo ({trans['base']['lines']} lines, greedy): chrF {trans['base']['chrf']:.2f} -> {trans['cpt']['chrf']:.2f}, "
+          f"syllable BLEU {trans['base']['bleu_syllable']:.2f} -> {trans['cpt']['bleu_syllable']:.2f} "
+          "(CPT teaches Tibetan, not translation: that is SFT's job)")
+    print(f"  reports: {OUT}/eval/report.md, {OUT}/eval-translation/report.md, {OUT}/layers/report.md (PNG plots beside them)")
 
 
 if __name__ == "__main__":
