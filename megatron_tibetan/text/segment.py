@@ -7,13 +7,13 @@ import re
 
 # tsheg, non-breaking tsheg, the shads U+0F0D..U+0F12, gter tsheg U+0F14, and other Tibetan marks
 # (head marks U+0F01..U+0F0A, U+0F13, U+0F34, U+0F36, U+0F38, brackets U+0F3A..U+0F3D, U+0F85, U+0FD0..U+0FDA)
-_TIBETAN_PUNCT = "\u0f01-\u0f14\u0f34\u0f36\u0f38\u0f3a-\u0f3d\u0f85\u0fd0-\u0fda"
+TIBETAN_PUNCT = "\u0f01-\u0f14\u0f34\u0f36\u0f38\u0f3a-\u0f3d\u0f85\u0fd0-\u0fda"
 _SEPARATOR = "\u0f0b\u0f0c"
-_TIBETAN_SYLLABLE_CHARS = "\u0f00\u0f15-\u0f33\u0f35\u0f37\u0f39\u0f3e-\u0f84\u0f86-\u0fcf"
-_SYLLABLE = re.compile(f"[{_TIBETAN_SYLLABLE_CHARS}]+")
+TIBETAN_SYLLABLE_CHARS = "\u0f00\u0f15-\u0f33\u0f35\u0f37\u0f39\u0f3e-\u0f84\u0f86-\u0fcf"
+_SYLLABLE = re.compile(f"[{TIBETAN_SYLLABLE_CHARS}]+")
 _TIBETAN_RUN = re.compile("[\u0f00-\u0fff]+")
 _SPACE_RUN = re.compile(r"\s+")
-_TOKEN = re.compile(f"[{_TIBETAN_SYLLABLE_CHARS}]+|[{_TIBETAN_PUNCT}]|[^\\s{_TIBETAN_PUNCT}{_TIBETAN_SYLLABLE_CHARS}]+")
+_TOKEN = re.compile(f"[{TIBETAN_SYLLABLE_CHARS}]+|[{TIBETAN_PUNCT}]|[^\\s{TIBETAN_PUNCT}{TIBETAN_SYLLABLE_CHARS}]+")
 
 
 def syllables(text: str) -> list[str]:

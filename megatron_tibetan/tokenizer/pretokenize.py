@@ -23,8 +23,8 @@ from megatron_tibetan.text import segment
 # GPT-2's pattern, which tokenizers' ByteLevel(use_regex=True) applies internally.
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 
-_SYL = segment._TIBETAN_SYLLABLE_CHARS
-_PUNCT = segment._TIBETAN_PUNCT
+_SYL = segment.TIBETAN_SYLLABLE_CHARS
+_PUNCT = segment.TIBETAN_PUNCT
 _TSHEG = "[\u0f0b\u0f0c]"
 UNITS = {
     "syllable": f" ?[{_SYL}]+{_TSHEG}?",
