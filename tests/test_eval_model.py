@@ -11,20 +11,11 @@ from megatron_tibetan.text import normalize
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+def tiny(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from megatron_tibetan import presets
-
-    tok = AutoTokenizer.from_pretrained(str(presets.smollm2_hf_dir()))
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         tie_word_embeddings=True)
-    path = tmp_path_factory.mktemp("tiny_llama")
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    return model, tok
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_llama_dir)
 
 
 def _reference_nll(model, ids, max_length, stride):

@@ -6,7 +6,6 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = {"bleu_syllable", "bleu_default", "chrf", "chrf_pp"}
@@ -17,23 +16,6 @@ def _tool(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-
-    from megatron_tibetan import presets
-
-    tok = AutoTokenizer.from_pretrained(str(presets.smollm2_hf_dir()))
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True)
-    path = tmp_path_factory.mktemp("tiny") / "tiny"
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def test_score_existing_translations(shared_data, tmp_path):
@@ -58,10 +40,10 @@ def test_score_existing_translations(shared_data, tmp_path):
     assert "Paired bootstrap" in (tmp_path / "out" / "report.md").read_text()
 
 
-def test_evaluate_a_model(tiny_dir, shared_data, tmp_path):
+def test_evaluate_a_model(tiny_llama_dir, shared_data, tmp_path):
     ev = shared_data / "eval"
     out = tmp_path / "out"
-    _tool("evaluate")(["--model", f"tiny={tiny_dir}", "--ppl", str(ev / "tatoeba.bo-en.bo"),
+    _tool("evaluate")(["--model", f"tiny={tiny_llama_dir}", "--ppl", str(ev / "tatoeba.bo-en.bo"),
                        "--translate", f"en={ev / 'tatoeba.bo-en.en'}", "--ref", str(ev / "tatoeba.bo-en.bo"),
                        "--limit", "4", "--beams", "1,2", "--max-new-tokens", "4", "--bootstrap", "20",
                        "--output", str(out)])
@@ -76,16 +58,16 @@ def test_evaluate_a_model(tiny_dir, shared_data, tmp_path):
     assert (out / "translation.png").is_file() and (out / "bits_per_byte.png").is_file()
 
 
-def test_analyze_layers_tool(tiny_dir, tmp_path):
+def test_analyze_layers_tool(tiny_llama_dir, tmp_path):
     from safetensors.torch import load_file, save_file
 
     changed = tmp_path / "changed"
     changed.mkdir()
-    tensors = load_file(tiny_dir / "model.safetensors")
+    tensors = load_file(tiny_llama_dir / "model.safetensors")
     tensors["model.layers.1.mlp.up_proj.weight"] = tensors["model.layers.1.mlp.up_proj.weight"] + 0.01
     save_file(tensors, changed / "model.safetensors")
-    (changed / "config.json").write_text((tiny_dir / "config.json").read_text())
-    _tool("analyze_layers")(["--base", str(tiny_dir), "--adapted", f"cpt={changed}", "--output", str(tmp_path / "out")])
+    (changed / "config.json").write_text((tiny_llama_dir / "config.json").read_text())
+    _tool("analyze_layers")(["--base", str(tiny_llama_dir), "--adapted", f"cpt={changed}", "--output", str(tmp_path / "out")])
     result = json.loads((tmp_path / "out" / "analysis.json").read_text())["comparisons"]["cpt"]
     top = max(result["tensors"], key=lambda t: t["relative"])
     assert top["name"] == "model.layers.1.mlp.up_proj.weight"
@@ -93,7 +75,7 @@ def test_analyze_layers_tool(tiny_dir, tmp_path):
     assert (tmp_path / "out" / "heatmap_cpt.png").stat().st_size > 1000
 
 
-def test_megatron_checkpoint_is_exported_on_the_way(tiny_dir, shared_data, tmp_path):
+def test_megatron_checkpoint_is_exported_on_the_way(tiny_llama_dir, shared_data, tmp_path):
     """HF -> Megatron (the converter's import) -> evaluate: exported on the way, same perplexity as the HF model."""
     import subprocess
     import sys
@@ -102,13 +84,13 @@ def test_megatron_checkpoint_is_exported_on_the_way(tiny_dir, shared_data, tmp_p
     from megatron_tibetan.evaluation.perplexity import perplexity
 
     mdir = tmp_path / "megatron"
-    subprocess.run([sys.executable, str(ROOT / "tools" / "convert_checkpoint.py"), "import", "--hf", str(tiny_dir),
+    subprocess.run([sys.executable, str(ROOT / "tools" / "convert_checkpoint.py"), "import", "--hf", str(tiny_llama_dir),
                     "--output", str(mdir)], check=True, cwd=ROOT)
     assert models.is_megatron_checkpoint(mdir)
     model, tok, where = models.load(mdir, export_root=tmp_path / "exports")
     assert where.parent == tmp_path / "exports" and (where / ".complete").exists()
     assert models.hf_model_dir(mdir, tmp_path / "exports") == where  # cached: exported once
     lines = (shared_data / "eval" / "tatoeba.bo-en.bo").read_text(encoding="utf-8").splitlines()[:5]
-    reference, ref_tok, _ = models.load(tiny_dir)
+    reference, ref_tok, _ = models.load(tiny_llama_dir)
     assert perplexity(model, tok, lines, progress=False).nll == pytest.approx(
         perplexity(reference, ref_tok, lines, progress=False).nll, rel=1e-5)
