@@ -14,7 +14,6 @@ data-parallel size do not change it.
 from __future__ import annotations
 
 import math
-import os
 import random
 import signal
 import time
@@ -178,7 +177,6 @@ class Trainer:
         return o
 
     def _build_model(self) -> list:
-        from megatron.core import parallel_state
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
         from megatron.core.transformer.module import Float16Module
 
