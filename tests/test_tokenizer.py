@@ -13,13 +13,14 @@ from transformers import AutoTokenizer
 from megatron_tibetan.text import count_syllables, normalize, syllables
 from megatron_tibetan.tokenizer import load_tokenizer
 from megatron_tibetan.tokenizer.embeddings import (
-    base_subtoken_ids, init_new_embeddings, pad_vocab_size, token_text,
+    base_subtoken_ids, init_new_embeddings, token_text,
 )
 from megatron_tibetan.tokenizer.extend import (
     learn_extension, load_extension, save_extended, tibetan_backend, truncate_merges,
 )
 from megatron_tibetan.tokenizer.fertility import fertility
 from megatron_tibetan.tokenizer.pretokenize import tibetan_pre_tokenizer
+from megatron_tibetan.models.gpt import pad_vocab_size
 
 NEW_TOKENS = 2000
 ROOT = Path(__file__).resolve().parents[1]

@@ -35,6 +35,8 @@ class UnsupportedModelError(ValueError):
 
 def pad_vocab_size(vocab_size: int, multiple: int = VOCAB_MULTIPLE) -> int:
     """Round up to a multiple of 128 so every power-of-two TP up to 128 divides it (fixed across TP)."""
+    if vocab_size < 1 or multiple < 1:
+        raise ValueError(f"pad_vocab_size: need vocab_size >= 1 and multiple >= 1, got {vocab_size}, {multiple}")
     return -(-vocab_size // multiple) * multiple
 
 

@@ -16,13 +16,6 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 _BYTE_OF = {c: b for b, c in bytes_to_unicode().items()}
 
 
-def pad_vocab_size(n: int, multiple: int) -> int:
-    """``n`` rounded up to a multiple of ``multiple`` (Megatron: make_vocab_size_divisible_by * TP)."""
-    if n < 1 or multiple < 1:
-        raise ValueError(f"pad_vocab_size: need n >= 1 and multiple >= 1, got n={n}, multiple={multiple}")
-    return -(-n // multiple) * multiple
-
-
 def token_text(tokenizer, token_id: int) -> str | None:
     """The text of one byte-level token, or None when its bytes are not whole UTF-8 characters."""
     token = tokenizer.convert_ids_to_tokens(token_id)
