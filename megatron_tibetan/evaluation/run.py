@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
-import lzma
 from pathlib import Path
 
 from megatron_tibetan.evaluation import metrics, models, report
 from megatron_tibetan.evaluation.perplexity import perplexity
 from megatron_tibetan.evaluation.translate import translate
-
-
-def read_lines(path: str | Path, limit: int | None = None) -> list[str]:
-    """Lines of a UTF-8 text file (.xz and .gz read compressed), without their newline."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    opener = {".xz": lzma.open, ".gz": gzip.open}.get(path.suffix, open)
-    lines = []
-    # newline="\n": only LF ends a line, as in every other tool reading these files (keeps alignment)
-    with opener(path, "rt", encoding="utf-8", newline="\n") as f:
-        for line in f:
-            if limit is not None and len(lines) >= limit:
-                break
-            lines.append(line.rstrip("\n").rstrip("\r"))
-    return lines
+from megatron_tibetan.text.readers import read_lines
 
 
 def decode_name(beams: int) -> str:

@@ -158,3 +158,21 @@ def iter_texts(
             yield decode_document(doc, (json_key,))[0]
         except UnicodeDecodeError as error:
             raise InputError(f"{doc.source}:{doc.line}: invalid UTF-8 ({error.reason} at byte {error.start})") from None
+
+
+def read_lines(path: str | os.PathLike, limit: int | None = None) -> list[str]:
+    """The lines of one text file (plain or .gz/.xz/.zst), without terminators, decoded: what evaluation,
+    SFT data and tokenizer tools read when lines must stay aligned with another file. Only LF ends a line,
+    as in the streaming readers. Invalid UTF-8 raises :class:`InputError` with file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    lines = []
+    for doc in read_documents(path):
+        if limit is not None and len(lines) >= limit:
+            break
+        try:
+            lines.append(doc.data.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise InputError(f"{doc.source}:{doc.line}: invalid UTF-8 ({error.reason} at byte {error.start})") from None
+    return lines
