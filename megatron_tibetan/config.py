@@ -41,12 +41,14 @@ class DataConfig:
     # Indexed-dataset prefixes (without _text_document.bin/.idx suffix handling: give the full prefix,
     # e.g. runs/data/nanhai_smollm2_text_document), optionally weighted. Megatron's flat form
     # ["0.7", "a", "0.3", "b"] is accepted too.
-    paths: list = field(default_factory=list)
-    weights: Optional[list] = None
+    paths: list[str] = field(default_factory=list)
+    weights: Optional[list[float]] = None
     split: str = "98,2,0"  # train, validation, test per mille of documents, as Megatron's --split
     seq_length: int = 1024
     seed: Optional[int] = None  # None: train.seed
-    tokenizer: str = "smollm2"  # the tokenizer the dataset was written with (eod id, vocabulary size)
+    # The tokenizer the dataset was written with (eod id, vocabulary size); None: the one the checkpoint
+    # was trained with (its model.json), so SFT after CPT needs no repetition.
+    tokenizer: Optional[str] = None
     cache_dir: Optional[str] = None  # where GPTDataset keeps its index caches (default: beside the data)
     eod_mask_loss: bool = False
     # The command that builds the dataset; named in the error when a file is missing.
@@ -116,6 +118,8 @@ class CheckpointConfig:
     save_interval: Optional[int] = None  # None: save only at the end and on the exit signal
     load: Optional[str] = None  # a checkpoint directory to resume (training state) or start from (weights)
     finetune: bool = False  # load weights only from `load`, ignoring its optimizer/iteration (CPT -> SFT)
+    # On resume the checkpoint's LR/WD schedule is kept (a changed setting is reported); true applies the config's.
+    override_schedule: bool = False
     keep_last: Optional[int] = 3  # keep this many iteration folders; None keeps all
     save_at_end: bool = True
 
@@ -133,7 +137,7 @@ class ValidationConfig:
     interval: Optional[int] = None  # None: no validation during training
     iterations: int = 10  # micro-batches per validation (per data-parallel rank)
     # Extra held-out indexed-dataset prefixes (e.g. FLORES dev); default: the data split's validation part.
-    paths: Optional[list] = None
+    paths: Optional[list[str]] = None
     at_start: bool = False
 
 
@@ -150,9 +154,6 @@ class TrainingConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 CHOICES = {
@@ -201,7 +202,11 @@ def _coerce(value: Any, tp, where: str) -> Any:
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return str(value)
     if tp is list or origin is list:
-        return list(value) if isinstance(value, (list, tuple)) else [value]
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        (element,) = typing.get_args(tp) or (None,)
+        if element is None:
+            return items
+        return [_coerce(item, element, f"{where}[{i}]") for i, item in enumerate(items)]
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
@@ -313,6 +318,11 @@ def check_config(cfg: TrainingConfig) -> None:
 
     if not hasattr(signal, cfg.train.exit_signal):
         raise ConfigError(f"train.exit_signal: {cfg.train.exit_signal!r} is not a signal name (e.g. SIGTERM, SIGUSR1)")
+
+
+def config_to_yaml(cfg: TrainingConfig) -> str:
+    """The resolved config (after overrides) as YAML that :func:`load_config` reads back to the same config."""
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True)
 
 
 def data_blend(paths: list, weights: Optional[list], where: str = "data") -> tuple[list[str], Optional[list[float]]]:

@@ -57,13 +57,20 @@ def is_applied() -> bool:
     return _applied
 
 
-def apply() -> bool:
-    """Apply the adjustments once (idempotent); a no-op when CUDA is available. Returns whether active."""
+def apply(force: bool = False) -> bool:
+    """Apply the adjustments once (idempotent). Returns whether active.
+
+    Without ``force`` it is a no-op when CUDA is available. ``force=True`` is a CPU run on a machine that
+    has a GPU (``train.device=cpu``): torch then reports no GPU to everyone in this process, so
+    megatron-core allocates parameters, buffers and inputs on the CPU as it does on a CPU-only machine.
+    """
     global _applied, _mode
     if _applied:
         return True
     if not needed():
-        return False
+        if not force:
+            return False
+        torch.cuda.is_available = lambda: False
     _patch_cuda_functions()
     _mode = _CudaToCpu()
     _patch_megatron_rng(_mode)

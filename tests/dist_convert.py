@@ -45,8 +45,9 @@ def full_logits(model, ids: torch.Tensor) -> torch.Tensor | None:
 def main() -> None:
     from megatron.core import parallel_state
 
-    from megatron_tibetan.convert import load_checkpoint_weights, save_checkpoint
-    from megatron_tibetan.models import build_model_from_dir, init_parallel
+    from megatron_tibetan.checkpoint_dir import load_model_weights, model_sharded_state, save_iteration
+    from megatron_tibetan.distributed import init_parallel
+    from megatron_tibetan.models import build_model_from_dir
 
     cases_file = Path(sys.argv[1])
     work = cases_file.parent
@@ -57,14 +58,14 @@ def main() -> None:
         for case in (c for c in cases if [tp, pp] in c["layouts"]):
             model, spec = build_model_from_dir(case["megatron"])
             model.eval()
-            load_checkpoint_weights(model, case["megatron"])
+            load_model_weights(case["megatron"], [model])
             logits = full_logits(model, torch.load(case["ids"]))
             writer = logits is not None and parallel_state.get_data_parallel_rank() == 0 \
                 and parallel_state.get_tensor_model_parallel_rank() == 0
             if writer:
                 torch.save(logits, work / f"logits_{case['name']}_tp{tp}pp{pp}.pt")
             if case.get("save"):
-                save_checkpoint(model, work / f"{case['name']}_tp{tp}pp{pp}", spec)
+                save_iteration(work / f"{case['name']}_tp{tp}pp{pp}", 0, model_sharded_state([model]), spec=spec)
             del model
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()

@@ -39,12 +39,13 @@ def hf_logits(hf_dir: Path, ids: torch.Tensor) -> torch.Tensor:
 
 
 def megatron_logits(megatron_dir: Path, ids: torch.Tensor) -> torch.Tensor:
-    from megatron_tibetan.convert import load_checkpoint_weights
-    from megatron_tibetan.models import build_model_from_dir, init_parallel
+    from megatron_tibetan.checkpoint_dir import load_model_weights
+    from megatron_tibetan.distributed import init_parallel
+    from megatron_tibetan.models import build_model_from_dir
 
     init_parallel(1, 1)
     model, _ = build_model_from_dir(megatron_dir)
-    load_checkpoint_weights(model, megatron_dir)
+    load_model_weights(megatron_dir, [model])
     model.eval()
     with torch.no_grad():
         return model(ids, torch.arange(ids.shape[1]).unsqueeze(0).expand_as(ids), None)
@@ -365,12 +366,12 @@ def test_error_missing_and_unknown_tensors(models, tmp_path):
 
 
 def test_table_covers_transformer_engine_names():
-    from megatron_tibetan.convert import table
     from megatron_tibetan.convert.weights import _lookup
+    from megatron_tibetan.models import get_family
 
     lookup = _lookup("qwen2")
     te = lookup["decoder.layers.*.self_attention.linear_qkv.layer_norm_weight"]
     local = lookup["decoder.layers.*.input_layernorm.weight"]
     assert te is local and te.hf == "model.layers.*.input_layernorm.weight"
     assert lookup["decoder.layers.*.mlp.linear_fc1.layer_norm_weight"].hf == "model.layers.*.post_attention_layernorm.weight"
-    assert len(table("qwen2")) == len(table("llama")) + 1  # + the QKV bias
+    assert len(get_family("qwen2").weights) == len(get_family("llama").weights) + 1  # + the QKV bias

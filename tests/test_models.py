@@ -13,7 +13,7 @@ QWEN2 = dict(LLAMA, model_type="qwen2", tie_word_embeddings=True, rope_parameter
 
 @pytest.fixture(scope="module")
 def parallel():
-    from megatron_tibetan.models import init_parallel
+    from megatron_tibetan.distributed import init_parallel
 
     init_parallel(1, 1)
 
@@ -116,7 +116,7 @@ def test_build_gpt_model_embeddings_and_stages(parallel):
 
 def test_model_spec_round_trip_through_checkpoint_dir(parallel, tmp_path):
     from megatron_tibetan.models import build_model_from_dir, make_model_spec
-    from megatron_tibetan.training.checkpoint import save_model_spec
+    from megatron_tibetan.checkpoint_dir import save_model_spec
 
     save_model_spec(tmp_path, make_model_spec(LLAMA, tokenizer="smollm2"))
     model, spec = build_model_from_dir(tmp_path)

@@ -101,7 +101,8 @@ def test_parallel_layouts_and_resharded_resume(tmp_path, shared_data):
 def test_nonfinite_loss_is_skipped_or_stops(single):
     out, _ = single
     skip = out["nan_skip"]
-    assert [r["step"] for r in skip] == [1, 2, 3] and [r["skipped"] for r in skip] == [0, 1, 1]
+    assert [r["step"] for r in skip] == [1, 2, 3] and [r["skipped"] for r in skip] == [False, True, False]
+    assert [r["skipped_steps"] for r in skip] == [0, 1, 1]
     assert math.isnan(skip[1]["loss"]) and math.isfinite(skip[2]["loss"])
     assert skip[2]["lr"] == skip[1]["lr"]  # no update, so the schedule did not advance
     assert "non-finite loss nan at iteration 2 (samples 4..7 of the training dataset)" in out["nan_stop"]

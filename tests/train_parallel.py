@@ -42,7 +42,7 @@ def losses(result) -> list:
 def main(work: Path) -> None:
     import torch
 
-    from megatron_tibetan.models.parallel import init_parallel
+    from megatron_tibetan.distributed import init_parallel
     from megatron_tibetan.training.loop import run
 
     init_parallel(1, 1)  # the process group, once for all runs

@@ -61,7 +61,7 @@ def killsave(work: Path) -> None:
 
 def main(work: Path) -> dict:
     from megatron_tibetan.training import loop
-    from megatron_tibetan.training.checkpoint import latest_iteration_dir
+    from megatron_tibetan.checkpoint_dir import latest_iteration_dir
 
     out = {}
     # 1. uninterrupted, with validation before and after
@@ -110,7 +110,8 @@ def main(work: Path) -> dict:
         trainer = NaNTrainer(config(work, f"nan_{policy}", "train.iterations=3", "checkpoint.dir=null",
                                     f"train.on_nonfinite_loss={policy}"))
         try:
-            out[f"nan_{policy}"] = [{k: r[k] for k in ("step", "loss", "skipped", "lr")} for r in trainer.train()["records"]]
+            out[f"nan_{policy}"] = [{k: r[k] for k in ("step", "loss", "skipped", "skipped_steps", "lr")}
+                                    for r in trainer.train()["records"]]
         except loop.NonFiniteLossError as e:
             out[f"nan_{policy}"] = str(e)
         finally:

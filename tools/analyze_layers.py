@@ -14,11 +14,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_tibetan.evaluation.layers import analyze  # noqa: E402
-from megatron_tibetan.evaluation.models import hf_model_dir  # noqa: E402
+from megatron_tibetan.evaluation.models import hf_model_dir, named_paths  # noqa: E402
 from megatron_tibetan.evaluation.report import layers_report  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", required=True, help="the base model (HF dir, Megatron checkpoint dir or 'smollm2')")
     p.add_argument("--adapted", nargs="+", required=True, help="adapted models; NAME=DIR to name one")
@@ -26,14 +26,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--output", required=True)
     p.add_argument("--top", type=int, default=15, help="tensors listed in report.md per model")
     a = p.parse_args(argv)
-    names, paths = [], []
-    for spec in a.adapted:
-        name, _, path = spec.rpartition("=")
-        names.append(name or Path(path).name)
-        paths.append(hf_model_dir(path))
-    result = analyze(hf_model_dir(a.base), paths, names=names, chain=a.chain)
-    print(f"[analyze_layers] wrote {layers_report(result, a.output, top=a.top)}")
+    try:
+        adapted = named_paths(a.adapted, "--adapted")
+        paths = [hf_model_dir(path) for path in adapted.values()]
+        result = analyze(hf_model_dir(a.base), paths, names=list(adapted), chain=a.chain)
+        written = layers_report(result, a.output, top=a.top)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"[analyze_layers] wrote {written}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -44,23 +44,27 @@ def relaunch_under_torchrun(nproc: int) -> None:
     os.execvpe(cmd[0], cmd, env)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
-    if args.command == "import":
-        if args.tp * args.pp > 1 and "WORLD_SIZE" not in os.environ:
-            relaunch_under_torchrun(args.tp * args.pp)
-        from megatron_tibetan.convert import import_hf
+    if args.command == "import" and args.tp * args.pp > 1 and "WORLD_SIZE" not in os.environ:
+        relaunch_under_torchrun(args.tp * args.pp)
+    from megatron_tibetan.convert import export_hf, import_hf
+    from megatron_tibetan.models import UnsupportedModelError
 
-        import_hf(args.hf, args.output, tp=args.tp, pp=args.pp, tokenizer=args.tokenizer, init_method=args.init)
-    else:
-        from megatron_tibetan.convert import export_hf
-
-        export_hf(args.megatron, args.output)
+    try:
+        if args.command == "import":
+            import_hf(args.hf, args.output, tp=args.tp, pp=args.pp, tokenizer=args.tokenizer, init_method=args.init)
+        else:
+            export_hf(args.megatron, args.output)
+    except (FileNotFoundError, FileExistsError, UnsupportedModelError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if int(os.environ.get("RANK", "0")) == 0:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"[convert] {args.command}: {time.perf_counter() - start:.1f} s, peak memory (rank 0) {peak:.0f} MiB", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

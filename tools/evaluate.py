@@ -15,18 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from megatron_tibetan.evaluation.models import named_paths  # noqa: E402
 from megatron_tibetan.evaluation.run import evaluate, score_files  # noqa: E402
-
-
-def _models(specs: list[str]) -> dict[str, str]:
-    models = {}
-    for spec in specs:
-        name, _, path = spec.rpartition("=")
-        name = name or Path(path).name
-        if name in models:
-            raise SystemExit(f"--model: two models named {name!r}; name them with NAME=DIR")
-        models[name] = path
-    return models
+from megatron_tibetan.text.readers import InputError  # noqa: E402
 
 
 def _translations(spec: str | None) -> dict[str, str]:
@@ -35,12 +26,12 @@ def _translations(spec: str | None) -> dict[str, str]:
         if item:
             lang, sep, path = item.partition("=")
             if not sep:
-                raise SystemExit(f"--translate: {item!r} is not LANG=FILE (e.g. zh=flores200.dev.zh)")
+                raise ValueError(f"--translate: {item!r} is not LANG=FILE (e.g. zh=flores200.dev.zh)")
             out[lang] = path
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", default=[], help="HF dir, Megatron checkpoint dir or 'smollm2'; NAME=DIR to name it")
     p.add_argument("--ppl", nargs="*", default=[], help="text files scored for perplexity and bits per byte (one document per line)")
@@ -60,21 +51,30 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     a = p.parse_args(argv)
+    if a.hyp and (a.model or not a.ref):
+        p.error("--hyp scores existing translations: give --ref and no --model")
+    if not a.hyp and (not a.model or not (a.ppl or a.translate)):
+        p.error("give --model and at least one of --ppl, --translate (or --hyp with --ref)")
+    try:
+        run(a)
+    except (FileNotFoundError, InputError, ValueError, KeyError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"[evaluate] wrote {Path(a.output) / 'metrics.json'} and {Path(a.output) / 'report.md'}")
+    return 0
+
+
+def run(a: argparse.Namespace) -> None:
     if a.hyp:
-        if a.model or not a.ref:
-            raise SystemExit("--hyp scores existing translations: give --ref and no --model")
         score_files(a.hyp, a.ref, a.output, a.bootstrap)
     else:
-        if not a.model or not (a.ppl or a.translate):
-            raise SystemExit("give --model and at least one of --ppl, --translate (or --hyp with --ref)")
         evaluate(
-            _models(a.model), a.output, ppl_files=a.ppl, translations=_translations(a.translate), ref=a.ref,
+            named_paths(a.model, "--model"), a.output, ppl_files=a.ppl, translations=_translations(a.translate), ref=a.ref,
             beams=tuple(int(b) for b in a.beams.split(",")), limit=a.limit, whole_file=a.whole_file,
             max_length=a.max_length, stride=a.stride, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
             n_bootstrap=a.bootstrap, tokenizer=a.tokenizer, device=a.device, dtype=a.dtype,
         )
-    print(f"[evaluate] wrote {Path(a.output) / 'metrics.json'} and {Path(a.output) / 'report.md'}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

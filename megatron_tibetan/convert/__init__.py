@@ -1,22 +1,6 @@
-"""HF <-> Megatron checkpoint conversion, declared as one mapping table per family (families.py)."""
+"""HF <-> Megatron checkpoint conversion, driven by each family's weight table (models/families/)."""
 
-from megatron_tibetan.convert.api import (
-    export_hf,
-    extend_vocabulary,
-    import_hf,
-    load_checkpoint_weights,
-    save_checkpoint,
-)
-from megatron_tibetan.convert.families import TABLES, table
+from megatron_tibetan.convert.api import export_hf, extend_vocabulary, import_hf
 from megatron_tibetan.convert.weights import MissingTensorsError
 
-__all__ = [
-    "MissingTensorsError",
-    "TABLES",
-    "export_hf",
-    "extend_vocabulary",
-    "import_hf",
-    "load_checkpoint_weights",
-    "save_checkpoint",
-    "table",
-]
+__all__ = ["MissingTensorsError", "export_hf", "extend_vocabulary", "import_hf"]

@@ -16,15 +16,20 @@ from pathlib import Path
 
 import torch
 
+from megatron_tibetan import checkpoint_dir
 from megatron_tibetan.convert.hf_io import HFSource, ShardWriter
 from megatron_tibetan.convert.weights import check_hf_names, hf_tensors_from_model, load_hf_into_model
-from megatron_tibetan.models.gpt import build_gpt_model, check_hf_config, check_parallel, load_model_spec_dir, make_model_spec
-from megatron_tibetan.models.parallel import init_parallel
-from megatron_tibetan.training import checkpoint as layout
-
-_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-_DTYPES_BY_NAME = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
-_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+from megatron_tibetan.distributed import init_parallel
+from megatron_tibetan.models.families import family_of
+from megatron_tibetan.models.gpt import (
+    DTYPE_NAMES,
+    DTYPES,
+    build_gpt_model,
+    check_parallel,
+    load_model_spec_dir,
+    make_model_spec,
+    spec_family,
+)
 
 
 def _rank() -> int:
@@ -57,8 +62,7 @@ def extend_vocabulary(source: HFSource, tokenizer: str, method: str = "subtoken_
         raise ValueError(f"base tokenizer {base_spec} has {len(base)} tokens but the checkpoint only {rows} "
                          "embedding rows: tokenizer and checkpoint do not match")
     new_rows = max(rows, len(extended))
-    names = ["model.embed_tokens.weight"] + ([] if config.get("tie_word_embeddings") else ["lm_head.weight"])
-    for name in names:
+    for name in family_of(config).vocab_tensor_names(tied=bool(config.get("tie_word_embeddings"))):
         source.overrides[name] = init_new_embeddings(base, extended, source.get(name), method, new_rows)
     config["vocab_size"] = new_rows
     _log(f"vocabulary {rows} -> {new_rows} rows ({len(extended) - len(base)} new tokens, {method} init)")
@@ -88,10 +92,10 @@ def import_hf(src: str | Path, output: str | Path, tp: int = 1, pp: int = 1, tok
               init_method: str = "subtoken_mean") -> dict:
     """Convert an HF checkpoint into a Megatron checkpoint directory; run on all TP x PP ranks. Returns the spec."""
     start = time.perf_counter()
-    if (Path(output) / layout.LATEST).exists() or layout.iteration_dir(output, 0).exists():
+    if checkpoint_dir.has_checkpoint(output) or checkpoint_dir.iteration_dir(output, 0).exists():
         raise FileExistsError(f"{output} already holds a Megatron checkpoint; choose a new directory")
     source = HFSource(src)
-    check_hf_config(source.config)  # before any weights are read
+    family = family_of(source.config)  # checked before any weights are read
     config = extend_vocabulary(source, tokenizer, init_method) if tokenizer else source.config
     tokenizer_spec = _absolute(tokenizer) if tokenizer else (source.tokenizer_spec() if source.has_tokenizer() else None)
     if tokenizer_spec and not tokenizer:
@@ -99,48 +103,21 @@ def import_hf(src: str | Path, output: str | Path, tp: int = 1, pp: int = 1, tok
     spec = make_model_spec(config, tokenizer=tokenizer_spec)
     check_parallel(config, spec["padded_vocab_size"], tp, pp)
     skipped = check_hf_names(source.names() | set(source.overrides), spec, str(source.dir))
-    dtype = source.dtype()
-    if dtype not in _DTYPE_NAMES:
-        raise ValueError(f"{source.dir}: weights in {dtype}; expected one of {sorted(_DTYPE_NAMES.values())}")
-    spec["params_dtype"] = _DTYPE_NAMES[dtype]
+    dtype = source.get(family.embedding.hf_names[0]).dtype
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"{source.dir}: weights in {dtype}; expected one of {sorted(DTYPES)}")
+    spec["params_dtype"] = DTYPE_NAMES[dtype]
     init_parallel(tp, pp)
     world = torch.distributed.get_world_size()
     if world != tp * pp:
         raise ValueError(f"import runs on exactly TP x PP = {tp * pp} ranks, got {world}")
     model = build_gpt_model(spec, perform_initialization=False)  # every weight is overwritten
     load_hf_into_model(model, source, spec)
-    save_checkpoint(model, output, spec)
+    checkpoint_dir.save_iteration(output, 0, checkpoint_dir.model_sharded_state([model]), spec=spec)
     if skipped:
         _log(f"HF tensors not converted (buffers / tied duplicate): {', '.join(skipped)}")
     _log(f"{src} -> {output} (TP={tp}, PP={pp}) in {time.perf_counter() - start:.1f} s")
     return spec
-
-
-def save_checkpoint(model, root: str | Path, spec: dict, iteration: int = 0) -> Path:
-    """Save this rank's model under ``root`` in the shared layout (model.json, iter_NNNNNNN, latest)."""
-    from megatron.core import dist_checkpointing
-
-    root = Path(root)
-    target = layout.iteration_dir(root, iteration)
-    if _rank() == 0:
-        target.mkdir(parents=True, exist_ok=True)
-        layout.save_model_spec(root, spec)
-    torch.distributed.barrier()
-    dist_checkpointing.save({"model": model.sharded_state_dict()}, str(target))
-    torch.distributed.barrier()
-    if _rank() == 0:
-        layout.write_latest(root, iteration)
-    return target
-
-
-def load_checkpoint_weights(model, root: str | Path) -> Path:
-    """Load the model weights of ``root``'s latest checkpoint into this rank's model (any TP/PP)."""
-    from megatron.core import dist_checkpointing
-
-    where = layout.latest_iteration_dir(root)
-    loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(where))
-    model.load_state_dict(loaded["model"])
-    return where
 
 
 def export_hf(megatron_dir: str | Path, output: str | Path, max_shard_bytes: int = 2 * 1024**3) -> Path:
@@ -151,11 +128,11 @@ def export_hf(megatron_dir: str | Path, output: str | Path, max_shard_bytes: int
     spec = load_model_spec_dir(megatron_dir)
     init_parallel(1, 1)
     model = build_gpt_model(spec, perform_initialization=False)  # every weight is loaded
-    load_checkpoint_weights(model, megatron_dir)
+    checkpoint_dir.load_model_weights(megatron_dir, [model])
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     writer = ShardWriter(out, max_shard_bytes)
-    dtype = _DTYPES_BY_NAME[spec.get("params_dtype", "float32")]
+    dtype = DTYPES[spec.get("params_dtype", "float32")]
     for name, tensor in tqdm(hf_tensors_from_model(model, spec), desc="export", unit=" tensors"):
         writer.add(name, tensor.to(dtype))  # megatron keeps torch norms in float32 whatever params_dtype is
     writer.close()
@@ -173,7 +150,7 @@ def export_hf(megatron_dir: str | Path, output: str | Path, max_shard_bytes: int
 
 def hf_config_for_export(spec: dict) -> dict:
     config = dict(spec["hf_config"])
-    config["architectures"] = [_ARCHITECTURES[spec["family"]]]
+    config["architectures"] = [spec_family(spec).architecture]
     config["dtype"] = spec.get("params_dtype", "float32")
     config.pop("torch_dtype", None)
     config.pop("_name_or_path", None)

@@ -26,6 +26,23 @@ def resolve_source(src: str | Path) -> tuple[Path, str | None]:
     return path, None
 
 
+def safetensors_files(directory: str | Path) -> dict[str, Path] | None:
+    """{tensor name: safetensors file} of an HF directory (from its index when sharded), None when it has no
+    safetensors."""
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    index = directory / INDEX
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {name: directory / file for name, file in weight_map.items()}
+    names = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            names.update({name: file for name in f.keys()})
+    return names or None
+
+
 class HFSource:
     """Tensors of an HF checkpoint by name. Safetensors directories are read lazily (one tensor in memory
     at a time); anything else ``transformers`` can load (``.bin``, GGUF) is loaded once as a model.
@@ -39,25 +56,9 @@ class HFSource:
         kwargs = {"gguf_file": self.gguf} if self.gguf else {}
         self.config = AutoConfig.from_pretrained(str(self.dir), **kwargs).to_dict()
         self.overrides: dict[str, torch.Tensor] = {}
-        self._files = self._safetensors_index() if not self.gguf else None
+        self._files = safetensors_files(self.dir) if not self.gguf else None
         self._state = None  # loaded on first use when there are no safetensors
         self._load_kwargs = kwargs
-
-    def _safetensors_index(self) -> dict[str, Path] | None:
-        from safetensors import safe_open
-
-        index = self.dir / INDEX
-        if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            return {name: self.dir / file for name, file in weight_map.items()}
-        files = sorted(self.dir.glob("*.safetensors"))
-        if not files:
-            return None
-        names = {}
-        for file in files:
-            with safe_open(str(file), "pt") as f:
-                names.update({name: file for name in f.keys()})
-        return names
 
     def _loaded(self) -> dict[str, torch.Tensor]:
         if self._state is None:
@@ -81,10 +82,6 @@ class HFSource:
             raise KeyError(f"{self.dir}: no tensor {name!r}")
         with safe_open(str(self._files[name]), "pt") as f:
             return f.get_tensor(name)
-
-    def dtype(self) -> torch.dtype:
-        """The dtype of the stored weights (of the embedding)."""
-        return self.get("model.embed_tokens.weight").dtype
 
     def has_tokenizer(self) -> bool:
         return self.gguf is not None or (self.dir / "tokenizer.json").is_file() or (self.dir / "tokenizer.model").is_file()

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import torch
 
-from megatron_tibetan.convert.families import IGNORED_HF, table
-from megatron_tibetan.convert.mapping import Context, Mapping, VocabRows, fill
-from megatron_tibetan.models.gpt import head_dim
+from megatron_tibetan.models.families import get_family
+from megatron_tibetan.models.families.base import head_dim, query_groups
+from megatron_tibetan.models.weight_mapping import Context, Mapping, VocabRows, fill
 
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
 
@@ -22,7 +22,7 @@ def context(spec: dict) -> Context:
     hf = spec["hf_config"]
     return Context(
         num_heads=hf["num_attention_heads"],
-        num_query_groups=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        num_query_groups=query_groups(hf),
         head_dim=head_dim(hf),
         vocab_size=hf["vocab_size"],
         padded_vocab_size=spec["padded_vocab_size"],
@@ -43,7 +43,7 @@ def hf_names_for(mapping: Mapping, spec: dict, layer: int | None) -> list[str]:
 def expected_hf_names(spec: dict) -> set[str]:
     """Every HF tensor name of the whole model, by the family's table."""
     names = set()
-    for mapping in table(spec["family"]):
+    for mapping in get_family(spec["family"]).weights:
         layers = range(spec["hf_config"]["num_hidden_layers"]) if mapping.per_layer else [None]
         for layer in layers:
             names.update(hf_names_for(mapping, spec, layer))
@@ -58,7 +58,9 @@ def check_hf_names(available: set[str], spec: dict, where: str) -> list[str]:
     if missing:
         raise MissingTensorsError(f"{where}: {len(missing)} tensors missing: {', '.join(missing)}")
     extra = sorted(available - expected)
-    skippable = [n for n in extra if n.endswith(IGNORED_HF) or (n == "lm_head.weight" and tied(spec))]
+    family = get_family(spec["family"])
+    output = family.output_layer.hf_names[0]
+    skippable = [n for n in extra if n.endswith(family.ignored_hf) or (n == output and tied(spec))]
     unknown = sorted(set(extra) - set(skippable))
     if unknown:
         raise ValueError(f"{where}: {len(unknown)} tensors the {spec['family']} table does not map: {', '.join(unknown)}")
@@ -66,7 +68,7 @@ def check_hf_names(available: set[str], spec: dict, where: str) -> list[str]:
 
 
 def _lookup(family: str) -> dict[str, Mapping]:
-    return {name: m for m in table(family) for name in m.megatron_names}
+    return {name: m for m in get_family(family).weights for name in m.megatron_names}
 
 
 def model_params(model, spec: dict) -> Iterator[tuple[str, torch.nn.Parameter, Mapping, int | None]]:

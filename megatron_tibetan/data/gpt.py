@@ -56,6 +56,29 @@ def check_prefixes(prefixes: list[str], key: str, build_command: Optional[str] =
         raise FileNotFoundError(f"{key}: missing indexed-dataset file(s) {', '.join(missing)}{hint}")
 
 
+def check_cpt_data(cfg) -> None:
+    """Every data and validation prefix of a CPT config exists (before any model is built)."""
+    check_prefixes(data_blend(cfg.data.paths, cfg.data.weights)[0], "data.paths", cfg.data.build_command)
+    if cfg.validation.paths:
+        check_prefixes(data_blend(cfg.validation.paths, None, "validation")[0], "validation.paths")
+
+
+def dataset_stats(prefix: str) -> tuple[Path, dict] | None:
+    """(path, contents) of the ``_stats.json`` written beside a dataset prefix: ``PREFIX_stats.json``, or for
+    a preprocessed ``<output-prefix>_<key>_document`` the ``<output-prefix>_stats.json``; None if absent."""
+    import json
+    import re
+
+    candidates = [Path(f"{prefix}_stats.json")]
+    match = re.match(r"^(.*)_[^_/]+_document$", str(prefix))
+    if match:
+        candidates.append(Path(f"{match.group(1)}_stats.json"))
+    for path in candidates:
+        if path.is_file():
+            return path, json.loads(path.read_text())
+    return None
+
+
 def _gpt_config(blend, split: str, seq_length: int, seed: int, tokenizer: DatasetTokenizer, cache_dir, eod_mask_loss):
     from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
 

@@ -20,6 +20,8 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
+from megatron_tibetan.convert.hf_io import safetensors_files
+
 # (pattern on the HF tensor name, module type); the first match wins
 MODULE_PATTERNS = [
     (r"embed_tokens\.", "embedding"),
@@ -53,14 +55,10 @@ class Checkpoint:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        index = self.path / "model.safetensors.index.json"
-        if index.is_file():
-            self.files = {k: self.path / v for k, v in json.loads(index.read_text())["weight_map"].items()}
-        elif (self.path / "model.safetensors").is_file():
-            with safe_open(self.path / "model.safetensors", "pt") as f:
-                self.files = {k: self.path / "model.safetensors" for k in f.keys()}
-        else:
-            raise FileNotFoundError(f"{self.path}: no model.safetensors or model.safetensors.index.json")
+        files = safetensors_files(self.path)
+        if files is None:
+            raise FileNotFoundError(f"{self.path}: no *.safetensors or model.safetensors.index.json")
+        self.files = files
         config = self.path / "config.json"
         self.config = json.loads(config.read_text()) if config.is_file() else {}
         self._open: dict[Path, object] = {}

@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-from megatron_tibetan import presets
-from megatron_tibetan.training import checkpoint as layout
-
-
-_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _child_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
-def is_megatron_checkpoint(path: str | Path) -> bool:
-    path = Path(path)
-    return (path / layout.MODEL_SPEC).is_file() and (path / layout.LATEST).is_file()
+from megatron_tibetan import checkpoint_dir, presets
+from megatron_tibetan.convert import export_hf
 
 
 def hf_model_dir(path: str | Path, export_root: str | Path | None = None) -> Path:
@@ -33,31 +18,32 @@ def hf_model_dir(path: str | Path, export_root: str | Path | None = None) -> Pat
     path = Path(path)
     if str(path) == "smollm2":
         return presets.smollm2_hf_dir()
-    if is_megatron_checkpoint(path):
+    if checkpoint_dir.is_checkpoint_dir(path):
         return _export(path, Path(export_root) if export_root else presets.cache_dir() / "exports")
     if (path / "config.json").is_file():
         return path
     raise FileNotFoundError(
         f"--model {path}: neither an HF model directory (config.json + safetensors) nor a Megatron checkpoint "
-        f"directory ({layout.MODEL_SPEC} + {layout.LATEST})"
+        f"directory ({checkpoint_dir.MODEL_SPEC} + {checkpoint_dir.TRACKER})"
     )
 
 
 def _export(path: Path, root: Path) -> Path:
-    iteration = layout.latest_iteration_dir(path)
+    iteration = checkpoint_dir.latest_iteration_dir(path)
     key = hashlib.sha1(str(iteration.resolve()).encode()).hexdigest()[:12]
     target = root / f"{path.name}.{iteration.name}.{key}"
     if (target / ".complete").exists():
         return target
     tmp = root / f".{target.name}.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    # a child process: export initialises torch.distributed and megatron-core's CPU adjustments, which the
-    # evaluating process (plain transformers) should not inherit
-    code = "import sys; from megatron_tibetan.convert import export_hf; export_hf(sys.argv[1], sys.argv[2])"
+    # a child process: export initialises torch.distributed and megatron-core's CPU adjustments (a torch
+    # function mode on the calling thread), which the evaluating process (plain transformers) should not inherit
     print(f"[evaluate] exporting Megatron checkpoint {iteration} to {target}", flush=True)
-    done = subprocess.run([sys.executable, "-c", code, str(path), str(tmp)], cwd=_ROOT, env=_child_env())
-    if done.returncode:
-        raise RuntimeError(f"exporting {path} to HF failed (exit {done.returncode}); see the output above")
+    child = multiprocessing.get_context("spawn").Process(target=export_hf, args=(str(path), str(tmp)))
+    child.start()
+    child.join()
+    if child.exitcode:
+        raise RuntimeError(f"exporting {path} to HF failed (exit {child.exitcode}); see the output above")
     (tmp / ".complete").touch()
     shutil.rmtree(target, ignore_errors=True)
     os.rename(tmp, target)  # a half-written export is never visible under the target name
@@ -78,3 +64,15 @@ def load(path: str | Path, tokenizer: str | None = None, export_root: str | Path
     if not tokenizer and not (where / "tokenizer.json").is_file() and not (where / "tokenizer_config.json").is_file():
         raise FileNotFoundError(f"{where} has no tokenizer: pass --tokenizer")
     return model, load_tokenizer(spec), where
+
+
+def named_paths(specs: list[str], option: str) -> dict[str, str]:
+    """``NAME=PATH`` (or ``PATH``, named by its last component) command-line values as {name: path}."""
+    named = {}
+    for spec in specs:
+        name, _, path = spec.rpartition("=")
+        name = name or Path(path).name
+        if name in named:
+            raise ValueError(f"{option}: two models named {name!r}; name them with NAME=PATH")
+        named[name] = path
+    return named

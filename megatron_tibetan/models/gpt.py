@@ -1,11 +1,11 @@
-"""megatron-core GPTModel from a Hugging Face config (Llama and Qwen2 families).
+"""megatron-core GPTModel from a Hugging Face config, for every family in :mod:`megatron_tibetan.models.families`.
 
 The *model spec* is the small dict stored as ``model.json`` in every Megatron checkpoint directory
-(:mod:`megatron_tibetan.training.checkpoint`); export and training need nothing else:
+(:mod:`megatron_tibetan.checkpoint_dir`); export and training need nothing else:
 
     {
       "format": 1,
-      "family": "llama" | "qwen2",        # selects the conversion table in megatron_tibetan.convert
+      "family": "llama" | "qwen2" | "qwen3",  # the family module (weight table, config mapping, checks)
       "hf_config": {...},                 # the HF config.json as a dict (vocab_size = rows HF keeps)
       "padded_vocab_size": 49152,         # rows of Megatron's embedding/output (multiple of 128, >= vocab_size)
       "params_dtype": "float32",          # dtype of the stored weights
@@ -13,7 +13,7 @@ The *model spec* is the small dict stored as ``model.json`` in every Megatron ch
     }
 
 ``build_gpt_model(spec)`` builds the GPTModel (this rank's TP shard and PP stage) after
-``megatron_tibetan.models.parallel.init_parallel``; ``load_model_spec_dir(dir)`` reads the spec back.
+``megatron_tibetan.distributed.init_parallel``; ``load_model_spec_dir(dir)`` reads the spec back.
 """
 
 from __future__ import annotations
@@ -23,14 +23,16 @@ from pathlib import Path
 
 import torch
 
-FAMILIES = {"llama": "llama", "qwen2": "qwen2"}  # HF model_type -> conversion family
+from megatron_tibetan import checkpoint_dir
+from megatron_tibetan.models.families import Family, UnsupportedModelError, family_of, get_family
+from megatron_tibetan.models.families.base import head_dim, query_groups, rope_scaling_factor, rope_theta, shared_config
+
 VOCAB_MULTIPLE = 128
 SPEC_FORMAT = 1
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
-
-class UnsupportedModelError(ValueError):
-    """An HF config this project cannot represent exactly in megatron-core."""
+__all__ = ["UnsupportedModelError", "head_dim"]
 
 
 def pad_vocab_size(vocab_size: int, multiple: int = VOCAB_MULTIPLE) -> int:
@@ -40,67 +42,18 @@ def pad_vocab_size(vocab_size: int, multiple: int = VOCAB_MULTIPLE) -> int:
     return -(-vocab_size // multiple) * multiple
 
 
-def family_of(hf_config: dict) -> str:
-    model_type = hf_config.get("model_type")
-    if model_type not in FAMILIES:
-        archs = hf_config.get("architectures")
-        raise UnsupportedModelError(
-            f"unsupported architecture: model_type={model_type!r} (architectures={archs}); "
-            f"supported: {', '.join(sorted(FAMILIES))}"
-        )
-    return FAMILIES[model_type]
-
-
-# megatron-core's llama3 RoPE scaling fixes these three (RotaryEmbedding._apply_scaling); Llama 3.1-3.3 use them
-_LLAMA3_FIXED = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-
-
-def _rope_params(hf: dict) -> dict:
-    return hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-
-
-def _rope_theta(hf: dict) -> float:
-    theta = _rope_params(hf).get("rope_theta", hf.get("rope_theta"))
-    if theta is None:
-        raise UnsupportedModelError("HF config has no rope_theta (rope_parameters.rope_theta)")
-    return float(theta)
-
-
-def rope_scaling_factor(hf: dict) -> float | None:
-    """None for plain RoPE; the factor for Llama 3.x scaling; an error for anything megatron-core cannot match."""
-    params = _rope_params(hf)
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type == "default":
-        return None
-    if rope_type == "llama3":
-        differ = {k: params.get(k) for k, v in _LLAMA3_FIXED.items() if float(params.get(k, -1)) != v}
-        if not differ:
-            return float(params["factor"])
-        raise UnsupportedModelError(f"llama3 RoPE scaling with {differ}: megatron-core fixes {_LLAMA3_FIXED}")
-    raise UnsupportedModelError(f"RoPE scaling {rope_type!r} is not supported (default and llama3 are)")
-
-
 def check_hf_config(hf: dict) -> str:
-    """Raise UnsupportedModelError for what the conversion cannot keep exact; return the family."""
-    family = family_of(hf)
-    if hf.get("hidden_act", "silu") != "silu":
-        raise UnsupportedModelError(f"hidden_act={hf['hidden_act']!r}: only SwiGLU (silu) is supported")
-    if family == "llama" and (hf.get("attention_bias") or hf.get("mlp_bias")):
-        raise UnsupportedModelError("Llama with attention_bias/mlp_bias is not supported")
-    if family == "qwen2" and hf.get("use_sliding_window"):
-        raise UnsupportedModelError("Qwen2 with use_sliding_window=true is not supported")
-    _rope_theta(hf)
-    rope_scaling_factor(hf)
-    return family
+    """Raise UnsupportedModelError for what the conversion cannot keep exact; return the family name."""
+    return family_of(hf).name
 
 
-def head_dim(hf: dict) -> int:
-    return hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+def spec_family(spec: dict) -> Family:
+    return get_family(spec["family"])
 
 
 def check_parallel(hf: dict, padded_vocab_size: int, tp: int, pp: int) -> None:
     """Clear errors for TP/PP sizes the model cannot be split by."""
-    heads, groups = hf["num_attention_heads"], hf.get("num_key_value_heads") or hf["num_attention_heads"]
+    heads, groups = hf["num_attention_heads"], query_groups(hf)
     if heads % tp or groups % tp:
         raise ValueError(
             f"tensor parallel size {tp} must divide the attention heads ({heads}) and the query groups "
@@ -114,15 +67,15 @@ def check_parallel(hf: dict, padded_vocab_size: int, tp: int, pp: int) -> None:
 
 def make_model_spec(hf_config: dict, params_dtype: str = "float32", tokenizer: str | None = None,
                     padded_vocab_size: int | None = None) -> dict:
-    check_hf_config(hf_config)
-    if params_dtype not in _DTYPES:
-        raise ValueError(f"params_dtype {params_dtype!r}: expected one of {sorted(_DTYPES)}")
+    family = family_of(hf_config)
+    if params_dtype not in DTYPES:
+        raise ValueError(f"params_dtype {params_dtype!r}: expected one of {sorted(DTYPES)}")
     padded = padded_vocab_size or pad_vocab_size(hf_config["vocab_size"])
     if padded < hf_config["vocab_size"]:
         raise ValueError(f"padded_vocab_size {padded} < vocab_size {hf_config['vocab_size']}")
     return {
         "format": SPEC_FORMAT,
-        "family": family_of(hf_config),
+        "family": family.name,
         "hf_config": dict(hf_config),
         "padded_vocab_size": padded,
         "params_dtype": params_dtype,
@@ -130,31 +83,19 @@ def make_model_spec(hf_config: dict, params_dtype: str = "float32", tokenizer: s
     }
 
 
-def transformer_config(spec: dict, **overrides):
-    """A megatron-core TransformerConfig equal in function to the HF model; ``overrides`` win
-    (training sets dropout, recompute, bf16, sequence_parallel... through them)."""
+def transformer_config(spec: dict, device: str | None = None, **overrides):
+    """A megatron-core TransformerConfig equal in function to the HF model; ``overrides`` win (training sets
+    dropout, recompute, bf16, sequence_parallel... through them). ``device`` "cpu" builds the weights on the
+    CPU even where a GPU exists (None: the CPU only when torch sees no GPU)."""
     from megatron.core import parallel_state
     from megatron.core.transformer import TransformerConfig
 
     hf = spec["hf_config"]
-    family = check_hf_config(hf)
-    dtype = _DTYPES[spec.get("params_dtype", "float32")]
+    family = family_of(hf)
+    dtype = DTYPES[spec.get("params_dtype", "float32")]
+    on_cpu = device == "cpu" or not torch.cuda.is_available()
     kwargs = dict(
-        num_layers=hf["num_hidden_layers"],
-        hidden_size=hf["hidden_size"],
-        ffn_hidden_size=hf["intermediate_size"],
-        num_attention_heads=hf["num_attention_heads"],
-        num_query_groups=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-        kv_channels=head_dim(hf),
-        normalization="RMSNorm",
-        layernorm_epsilon=hf.get("rms_norm_eps", 1e-6),
-        gated_linear_unit=True,
-        activation_func=torch.nn.functional.silu,
-        add_bias_linear=False,
-        add_qkv_bias=family == "qwen2",
-        hidden_dropout=0.0,
-        attention_dropout=float(hf.get("attention_dropout", 0.0)),
-        init_method_std=hf.get("initializer_range", 0.02),
+        **shared_config(hf),
         attention_softmax_in_fp32=True,
         # fusions that need CUDA kernels or apex; the TE spec fuses on its own
         bias_activation_fusion=False,
@@ -165,12 +106,13 @@ def transformer_config(spec: dict, **overrides):
         gradient_accumulation_fusion=False,
         tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size(),
         pipeline_model_parallel_size=parallel_state.get_pipeline_model_parallel_world_size(),
-        use_cpu_initialization=not torch.cuda.is_available(),
+        use_cpu_initialization=on_cpu,
         params_dtype=dtype,
         pipeline_dtype=dtype,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
     )
+    kwargs.update(family.config(hf))
     kwargs.update(overrides)
     if "pipeline_dtype" not in overrides:  # activations sent between stages are in the compute dtype
         kwargs["pipeline_dtype"] = torch.bfloat16 if kwargs["bf16"] else torch.float16 if kwargs["fp16"] else kwargs["params_dtype"]
@@ -181,7 +123,7 @@ def te_available() -> bool:
     return importlib.util.find_spec("transformer_engine") is not None
 
 
-def layer_spec(use_te: bool = False):
+def layer_spec(use_te: bool = False, qk_layernorm: bool = False):
     """Transformer Engine layer spec when asked for (and installed), else the local (pure megatron-core) spec."""
     from megatron.core.models.gpt.gpt_layer_specs import (
         get_gpt_layer_local_spec,
@@ -191,12 +133,13 @@ def layer_spec(use_te: bool = False):
     if use_te:
         if not te_available():
             raise RuntimeError("the Transformer Engine layer spec was requested but transformer_engine is not installed")
-        return get_gpt_layer_with_transformer_engine_spec()
-    return get_gpt_layer_local_spec(normalization="RMSNorm")
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_layernorm)
+    return get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=qk_layernorm)
 
 
 def build_gpt_model(spec: dict, *, use_te: bool = False, pre_process: bool | None = None,
-                    post_process: bool | None = None, vp_stage: int | None = None, **config_overrides):
+                    post_process: bool | None = None, vp_stage: int | None = None, device: str | None = None,
+                    **config_overrides):
     """This rank's GPTModel for ``spec`` (call ``init_parallel`` first). ``pre_process``/``post_process``
     default to whether this rank is the first/last pipeline stage."""
     from megatron.core import parallel_state
@@ -210,10 +153,10 @@ def build_gpt_model(spec: dict, *, use_te: bool = False, pre_process: bool | Non
         pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
     if post_process is None:
         post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
-    config = transformer_config(spec, **config_overrides)
+    config = transformer_config(spec, device=device, **config_overrides)
     return GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(use_te),
+        transformer_layer_spec=layer_spec(use_te, qk_layernorm=config.qk_layernorm),
         vocab_size=spec["padded_vocab_size"],
         max_sequence_length=hf.get("max_position_embeddings", 4096),
         pre_process=pre_process,
@@ -222,7 +165,7 @@ def build_gpt_model(spec: dict, *, use_te: bool = False, pre_process: bool | Non
         share_embeddings_and_output_weights=bool(hf.get("tie_word_embeddings", False)),
         position_embedding_type="rope",
         rotary_percent=1.0,
-        rotary_base=_rope_theta(hf),
+        rotary_base=rope_theta(hf),
         rope_scaling=rope_scaling_factor(hf) is not None,
         rope_scaling_factor=rope_scaling_factor(hf) or 8.0,
         vp_stage=vp_stage,
@@ -231,13 +174,8 @@ def build_gpt_model(spec: dict, *, use_te: bool = False, pre_process: bool | Non
 
 def load_model_spec_dir(root: str | Path) -> dict:
     """The model spec of a Megatron checkpoint directory (its model.json), checked."""
-    from megatron_tibetan.training.checkpoint import load_model_spec
-
-    spec = load_model_spec(root)
-    for key in ("family", "hf_config", "padded_vocab_size"):
-        if key not in spec:
-            raise KeyError(f"{Path(root) / 'model.json'}: missing key {key!r}")
-    check_hf_config(spec["hf_config"])
+    spec = checkpoint_dir.read_model_spec(root)
+    family_of(spec["hf_config"])
     return spec
 
 

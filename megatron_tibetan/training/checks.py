@@ -10,12 +10,13 @@ from megatron_tibetan.config import ConfigError
 
 
 def resolve_device(cfg) -> str:
-    want = cfg.train.device
-    if want == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is cuda but torch sees no GPU (torch.cuda.is_available() is False)")
-    if want == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return want
+    """"cpu" or "cuda" for ``train.device``; "cpu" stays the CPU on a machine with a GPU."""
+    from megatron_tibetan.distributed import resolve_device as resolve
+
+    try:
+        return resolve(cfg.train.device)
+    except ValueError as e:
+        raise ConfigError(f"train.{e}") from None
 
 
 def use_transformer_engine(cfg, device: str) -> bool:
@@ -98,3 +99,44 @@ def check_model(cfg, spec: dict, vocab_size: int) -> None:
             f"data.tokenizer {cfg.data.tokenizer!r} has {vocab_size} ids but the model's embedding has "
             f"{spec['padded_vocab_size']} rows: extend the model's vocabulary first (or use the model's tokenizer)"
         )
+
+
+def resolve_tokenizer(cfg, spec: dict, warn) -> str:
+    """The tokenizer of the run: ``data.tokenizer``, else the one the checkpoint was trained with (its
+    model.json), so later stages inherit it. A different one than the checkpoint's is reported."""
+    own, recorded = cfg.data.tokenizer, spec.get("tokenizer")
+    if own is None and recorded is None:
+        raise ConfigError("data.tokenizer is not set and the model names no tokenizer (model.json 'tokenizer'): "
+                          "set data.tokenizer to the tokenizer the dataset was written with")
+    if own is not None and recorded is not None and _same_spec(own, recorded) is False:
+        warn(f"WARNING: data.tokenizer is {own!r} but the checkpoint was trained with {recorded!r}")
+    return own if own is not None else recorded
+
+
+def _same_spec(a: str, b: str) -> bool:
+    from pathlib import Path
+
+    return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
+
+
+def check_dataset_tokenizer(cfg, tokenizer) -> None:
+    """Refuse a dataset written with another tokenizer: its ``<prefix>_stats.json`` (written by
+    tools/preprocess_data.py and tools/prepare_sft.py) names the tokenizer, vocabulary size and eod id."""
+    from megatron_tibetan.config import data_blend
+    from megatron_tibetan.data.gpt import dataset_stats
+
+    prefixes = data_blend(cfg.data.paths, cfg.data.weights)[0] + list(cfg.validation.paths or [])
+    for prefix in prefixes:
+        found = dataset_stats(prefix)
+        if found is None:
+            continue  # a dataset written elsewhere (e.g. by Megatron-LM) has no stats file: nothing to compare
+        path, stats = found
+        theirs = (stats.get("tokenizer"), stats.get("vocab_size"), stats.get("eod_id"))
+        ours = (tokenizer.name, tokenizer.vocab_size, tokenizer.eod)
+        eod_differs = theirs[2] is not None and theirs[2] != ours[2]  # None: written without --append-eod
+        if theirs[1] != ours[1] or eod_differs or not _same_spec(str(theirs[0]), ours[0]):
+            raise ConfigError(
+                f"{prefix} was written with tokenizer {theirs[0]!r} (vocabulary {theirs[1]}, eod {theirs[2]}; {path}) "
+                f"but this run uses {ours[0]!r} (vocabulary {ours[1]}, eod {ours[2]}): rebuild the dataset with this "
+                "tokenizer, or set data.tokenizer to the one it was written with"
+            )

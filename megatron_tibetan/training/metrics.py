@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 # Peak dense BF16 tensor throughput per device, for MFU (FLOP/s).
@@ -33,6 +34,48 @@ def peak_flops() -> float | None:
         return None
     name = torch.cuda.get_device_name()
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+class Throughput:
+    """Tokens/s, step time, TFLOP/s and MFU over the training steps since the last report.
+
+    Only the time inside :meth:`step` counts, so validation and saves between steps never inflate or
+    deflate the figures, and a partial interval (a resumed run, the last step) divides by the steps it had.
+    """
+
+    def __init__(self, flops_per_token: float, peak_flops: float | None, device: str, world_size: int):
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+        self.device, self.world_size = device, world_size
+        self.steps, self.tokens, self.seconds = 0, 0.0, 0.0
+
+    def step(self, run, tokens: float):
+        """Run one step (``run()``), timing it; ``tokens`` it processes (sequence tokens, all ranks)."""
+        start = time.perf_counter()
+        out = run()
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+        self.seconds += time.perf_counter() - start
+        self.steps += 1
+        self.tokens += tokens
+        return out
+
+    def report(self) -> dict:
+        """The figures since the last report; starts a new interval."""
+        if not self.steps:
+            return {}
+        out = {"step_time_s": self.seconds / self.steps, "tokens_per_s": self.tokens / self.seconds}
+        if self.device == "cuda":
+            import torch
+
+            tflops = self.flops_per_token * self.tokens / self.seconds / self.world_size
+            out["tflops_per_device"] = tflops / 1e12
+            if self.peak_flops:
+                out["mfu"] = tflops / self.peak_flops
+            out["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        self.steps, self.tokens, self.seconds = 0, 0.0, 0.0
+        return out
 
 
 class MetricsLogger:

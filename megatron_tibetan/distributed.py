@@ -1,8 +1,10 @@
-"""torch.distributed + megatron-core parallel_state for one process or a torchrun/Slurm job, CPU or GPU.
+"""Distributed initialisation: torch.distributed + megatron-core parallel_state for one process or a
+torchrun/Slurm job, CPU or GPU. Used by conversion and training alike (bottom layer: imports no other
+layer of the project but :mod:`megatron_tibetan.cpu`).
 
-``init_parallel(tp, pp)`` is the one place that picks the backend: ``gloo`` and
-:func:`megatron_tibetan.cpu.apply` when no GPU is in use, ``nccl`` with ``cuda.set_device(LOCAL_RANK)``
-otherwise. Rank and world size come from the environment torchrun sets (``RANK``, ``WORLD_SIZE``,
+``init_parallel(tp, pp, device=...)`` is the one place that picks the backend: ``gloo`` and
+:func:`megatron_tibetan.cpu.apply` on the CPU (no GPU, or ``device="cpu"`` on a machine that has one: CPU
+then means CPU everywhere), ``nccl`` with ``cuda.set_device(LOCAL_RANK)`` otherwise. Rank and world size come from the environment torchrun sets (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), else Slurm's (``SLURM_PROCID``, ``SLURM_NTASKS``,
 ``SLURM_LOCALID``; the launcher must export ``MASTER_ADDR``/``MASTER_PORT``), else a single process on a
 free local port. Training may wrap it; conversion and the tests use it directly.
@@ -40,18 +42,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_parallel(tp: int = 1, pp: int = 1, seed: int = 1234, backend: str | None = None, timeout_minutes: int = 30) -> None:
+def resolve_device(device: str | None = None) -> str:
+    """"cuda" or "cpu": ``device`` as asked ("auto"/None: the GPU when torch sees one)."""
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: expected cpu, cuda or auto")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda: torch sees no GPU (torch.cuda.is_available() is False)")
+    return device
+
+
+def init_parallel(tp: int = 1, pp: int = 1, seed: int = 1234, device: str | None = None, timeout_minutes: int = 30,
+                  vpp: int | None = None) -> None:
     """Initialise torch.distributed (if not yet) and megatron-core's model-parallel groups and RNG.
 
-    ``backend`` None means ``nccl`` on a GPU, ``gloo`` on CPU. Data parallel size is world // (tp * pp).
-    Idempotent for the same sizes; call :func:`destroy_parallel` before changing them.
+    ``device`` None/"auto" means ``nccl`` on a GPU when torch sees one, else ``gloo`` on the CPU; "cpu"
+    keeps everything on the CPU even on a machine with a GPU. Data parallel size is world // (tp * pp).
+    ``vpp``: virtual pipeline stages per rank (interleaved schedule). Idempotent for the same sizes; other
+    sizes rebuild megatron-core's groups (the process group stays).
     """
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
-    use_gpu = torch.cuda.is_available() and backend != "gloo"
+    use_gpu = resolve_device(device) == "cuda"
     if not use_gpu:
-        cpu.apply()
+        cpu.apply(force=True)
     rank, size, local = world()
     if not torch.distributed.is_initialized():
         if use_gpu:
@@ -60,7 +76,7 @@ def init_parallel(tp: int = 1, pp: int = 1, seed: int = 1234, backend: str | Non
         # a lone process gets its own port (an inherited MASTER_PORT may belong to a parent process)
         init_method = None if launched else f"tcp://127.0.0.1:{_free_port()}"
         torch.distributed.init_process_group(
-            backend=backend or ("nccl" if use_gpu else "gloo"),
+            backend="nccl" if use_gpu else "gloo",
             init_method=init_method,
             rank=rank,
             world_size=size,
@@ -73,10 +89,12 @@ def init_parallel(tp: int = 1, pp: int = 1, seed: int = 1234, backend: str | Non
         if (
             parallel_state.get_tensor_model_parallel_world_size() == tp
             and parallel_state.get_pipeline_model_parallel_world_size() == pp
+            and parallel_state.get_virtual_pipeline_model_parallel_world_size() == vpp
         ):
             return
         parallel_state.destroy_model_parallel()
-    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                             virtual_pipeline_model_parallel_size=vpp)
     model_parallel_cuda_manual_seed(seed)
 
 

@@ -1,4 +1,4 @@
-"""Typed HF <-> Megatron parameter mappings; a family's table is a list of them (see families.py).
+"""Typed HF <-> Megatron parameter mappings; a family's weight table is a list of them (models/families/).
 
 Names carry ``*`` for the (global, 0-based) layer index. Each mapping converts in both directions:
 
