@@ -7,19 +7,16 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
+from megatron_tibetan.data.prompts import translation_prompt
 from megatron_tibetan.text import normalize
 
-LANGUAGES = {"zh": "Chinese", "en": "English", "bo": "Tibetan"}
-PROMPT = "Translate the following {source} text into {target}. Reply with the translation only.\n\n{text}"
 # end-of-turn tokens of common chat templates (ChatML, Llama 3, Phi, Gemma); those in the vocabulary stop generation
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 
 
 def prompt(text: str, source: str, target: str = "bo") -> str:
-    for lang in (source, target):
-        if lang not in LANGUAGES:
-            raise ValueError(f"unknown language code {lang!r}; known: {', '.join(LANGUAGES)}")
-    return PROMPT.format(source=LANGUAGES[source], target=LANGUAGES[target], text=text)
+    """The first phrasing of the direction: the one SFT data also trains with (data.prompts)."""
+    return translation_prompt(text, source, target)
 
 
 def stop_ids(tokenizer) -> list[int]:
