@@ -109,7 +109,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     on_nonfinite_loss: str = "skip"  # skip | stop: what a NaN/inf loss does to the step
     max_skipped_steps: int = 10  # stop after this many skipped steps in a row
-    exit_signal: str = "SIGTERM"  # the signal that saves and exits (Slurm's pre-emption sends SIGTERM)
+    # signals that save at the end of the step and stop (exit status 3): the scheduler's SIGTERM, and the
+    # SIGUSR1 that `#SBATCH --signal=USR1@N` sends before the time limit (training/signals.py)
+    exit_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
 
 
 @dataclass
@@ -180,20 +182,25 @@ def _coerce(value: Any, tp, where: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [arg for arg in args if arg is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own message is the precise one
+            return _coerce(value, options[0], where)
+        for arg in options:
             try:
                 return _coerce(value, arg, where)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{where}: {value!r} is not a {' or '.join(_type_name(a) for a in args)}")
     if tp is bool or tp is int:
         if tp is int and isinstance(value, bool) or not isinstance(value, tp):
             raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string; it is a number to anyone typing it
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -316,8 +323,9 @@ def check_config(cfg: TrainingConfig) -> None:
         raise ConfigError("parallel.virtual_pipeline_model_parallel_size needs parallel.pipeline_model_parallel_size >= 2")
     import signal
 
-    if not hasattr(signal, cfg.train.exit_signal):
-        raise ConfigError(f"train.exit_signal: {cfg.train.exit_signal!r} is not a signal name (e.g. SIGTERM, SIGUSR1)")
+    for name in cfg.train.exit_signals:
+        if name not in signal.Signals.__members__ or name in ("SIGKILL", "SIGSTOP"):
+            raise ConfigError(f"train.exit_signals: {name!r} is not a signal that can be caught (e.g. SIGTERM, SIGUSR1)")
 
 
 def config_to_yaml(cfg: TrainingConfig) -> str:

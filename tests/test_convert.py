@@ -83,6 +83,21 @@ def tiny_qwen2():
     return model
 
 
+def tiny_qwen3():
+    """Qwen3: no biases, per-head q/k RMSNorm, a head dimension (32) that is not hidden / heads (16)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(vocab_size=1000, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=True,
+                         rope_theta=1000000.0, max_position_embeddings=128)
+    model = Qwen3ForCausalLM(config)
+    with torch.no_grad():  # transformers initialises the q/k norms to ones: make them count
+        for name, param in model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                param.uniform_(0.5, 1.5)
+    return model
+
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("convert")
@@ -96,7 +111,7 @@ def models(work) -> dict[str, dict]:
 
     torch.manual_seed(0)
     out = {}
-    for name, make in (("llama", tiny_llama), ("qwen2", tiny_qwen2)):
+    for name, make in (("llama", tiny_llama), ("qwen2", tiny_qwen2), ("qwen3", tiny_qwen3)):
         make().save_pretrained(work / f"hf_{name}")
         out[name] = {"hf": work / f"hf_{name}"}
     out["smollm2"] = {"hf": presets.smollm2_hf_dir()}
@@ -109,7 +124,7 @@ def models(work) -> dict[str, dict]:
     return out
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2", "smollm2"])
+@pytest.mark.parametrize("name", ["llama", "qwen2", "qwen3", "smollm2"])
 def test_logits_tp1(models, name):
     case = models[name]
     spec = json.loads((case["megatron"] / "model.json").read_text())
@@ -118,7 +133,8 @@ def test_logits_tp1(models, name):
 
 
 # SmolLM2 has 9 heads in 3 query groups: TP=2 cannot split it, TP=3 can (and 3 divides 49,152)
-LAYOUTS = {"llama": [[2, 1], [1, 2], [2, 2]], "qwen2": [[2, 1], [1, 2], [2, 2]], "smollm2": [[1, 2], [3, 1]]}
+LAYOUTS = {"llama": [[2, 1], [1, 2], [2, 2]], "qwen2": [[2, 1], [1, 2], [2, 2]], "qwen3": [[2, 1], [1, 2]],
+           "smollm2": [[1, 2], [3, 1]]}
 
 
 def launch(models, work: Path, nproc: int, tag: str) -> None:
@@ -194,9 +210,9 @@ def assert_same_hf(original_dir: Path, exported_dir: Path) -> None:
     assert tokens[0] == tokens[1]
 
 
-@pytest.mark.parametrize("name,saved", [("qwen2", "tp2pp2"), ("smollm2", "tp3pp1")])
+@pytest.mark.parametrize("name,saved", [("qwen2", "tp2pp2"), ("qwen3", "tp2pp1"), ("smollm2", "tp3pp1")])
 def test_reshard_to_tp1_exports_bit_exact(models, dist, tmp_path, name, saved):
-    """Saved at TP2 x PP2 (qwen2: tied embeddings across stages, QKV bias) or TP3 (SmolLM2) by
+    """Saved at TP2 x PP2 (qwen2: tied embeddings across stages, QKV bias), TP2 (qwen3: q/k norms) or TP3 (SmolLM2) by
     dist_convert.py, loaded at TP1 x PP1 (dist_checkpointing reshards), exported to HF."""
     from megatron_tibetan.convert import export_hf
 

@@ -142,3 +142,34 @@ def test_clear_errors():
         check_parallel(LLAMA, 384, tp=1, pp=3)
     with pytest.raises(RuntimeError, match="transformer_engine is not installed"):
         layer_spec(use_te=True)
+
+
+CPU_ON_A_GPU_MACHINE = """
+import torch
+torch.cuda.is_available = lambda: True  # a machine with a GPU, as torch would report it
+from megatron_tibetan.distributed import init_parallel
+from megatron_tibetan.models import build_gpt_model, make_model_spec
+init_parallel(1, 1, device="cpu")
+assert not torch.cuda.is_available(), "CPU was asked for: torch must report no GPU to megatron-core"
+assert torch.distributed.get_backend() == "gloo"
+model = build_gpt_model(make_model_spec(LLAMA), device="cpu")
+assert model.config.use_cpu_initialization
+assert {p.device.type for p in model.parameters()} == {"cpu"}
+ids = torch.randint(0, 300, (1, 8))
+logits = model(ids, torch.arange(8).unsqueeze(0), None)
+assert logits.device.type == "cpu" and logits.shape[:2] == (1, 8)
+print("ok")
+"""
+
+
+def test_cpu_means_cpu_on_a_machine_with_a_gpu():
+    """train.device=cpu where torch sees a GPU: gloo, CPU parameters, CPU inputs (the GPU is simulated)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = f"LLAMA = {LLAMA!r}\n" + CPU_ON_A_GPU_MACHINE
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]

@@ -97,3 +97,41 @@ def test_missing_dataset_names_the_build_command(tmp_path):
     cfg = load_config(TINY, [f"data.paths=[{tmp_path / 'nothing_text_document'}]"])
     with pytest.raises(FileNotFoundError, match=r"nothing_text_document.bin.*tools/preprocess_data.py --input ../shared/data/mono/nanhai"):
         check_prefixes(cfg.data.paths, "data.paths", cfg.data.build_command)
+
+
+def test_list_elements_are_type_checked():
+    with pytest.raises(ConfigError, match=r"data.weights\[1\]: expected a number, got 'heavy'"):
+        load_config(TINY, ["data.paths=[a,b]", "data.weights=[0.5,heavy]"])
+    with pytest.raises(ConfigError, match=r"data.paths\[0\]: expected a string"):
+        load_config(TINY, ["data.paths=[[a]]"])
+    assert load_config(TINY, ["data.paths=[a,b]", "data.weights=[1,3]"]).data.weights == [1.0, 3.0]
+    assert load_config(TINY, ["optimizer.lr=2e-3"]).optimizer.lr == 2e-3  # YAML 1.1 reads 2e-3 as a string
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    from megatron_tibetan.config import config_to_yaml
+
+    cfg = load_config(TINY, ["train.iterations=7", "data.paths=[x_text_document]", "checkpoint.override_schedule=true"])
+    saved = tmp_path / "config.yaml"
+    saved.write_text(config_to_yaml(cfg))
+    assert load_config(saved) == cfg
+
+
+def test_tokenizer_defaults_to_the_checkpoint_and_dataset_tokenizer_is_checked(tmp_path):
+    from megatron_tibetan.data.gpt import DatasetTokenizer
+
+    messages = []
+    cfg = load_config(TINY, ["data.tokenizer=null", f"data.paths=[{tmp_path / 'nanhai_text_document'}]"])
+    assert checks.resolve_tokenizer(cfg, {"tokenizer": "smollm2"}, messages.append) == "smollm2" and not messages
+    with pytest.raises(ConfigError, match="data.tokenizer is not set and the model names no tokenizer"):
+        checks.resolve_tokenizer(cfg, {"tokenizer": None}, messages.append)
+    checks.resolve_tokenizer(load_config(TINY, ["data.tokenizer=qwen2.5"]), {"tokenizer": "smollm2"}, messages.append)
+    assert messages == ["WARNING: data.tokenizer is 'qwen2.5' but the checkpoint was trained with 'smollm2'"]
+
+    # the dataset's _stats.json (as tools/preprocess_data.py writes it) names another tokenizer
+    (tmp_path / "nanhai_stats.json").write_text('{"tokenizer": "qwen2.5", "vocab_size": 151665, "eod_id": 151643}')
+    smollm2 = DatasetTokenizer(eod=0, vocab_size=49152, name="smollm2")
+    with pytest.raises(ConfigError, match=r"written with tokenizer 'qwen2.5' \(vocabulary 151665.*uses 'smollm2'"):
+        checks.check_dataset_tokenizer(cfg, smollm2)
+    (tmp_path / "nanhai_stats.json").write_text('{"tokenizer": "smollm2", "vocab_size": 49152, "eod_id": 0}')
+    checks.check_dataset_tokenizer(cfg, smollm2)

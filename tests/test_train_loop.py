@@ -42,7 +42,7 @@ def single(tmp_path_factory, shared_data):
     work = tmp_path_factory.mktemp("train_single")
     rc, log = _launch([sys.executable, "tests/train_single.py", str(work), "killsave"], work / "killsave.log", 300)
     assert rc == -signal.SIGKILL, log
-    rc, log = _launch([sys.executable, "tests/train_single.py", str(work), "main"], work / "main.log", 400)
+    rc, log = _launch([sys.executable, "tests/train_single.py", str(work), "main"], work / "main.log", 900)
     assert rc == 0, log
     return json.loads((work / "single.json").read_text()), work
 
@@ -113,3 +113,34 @@ def test_bf16_weights_only_load_keeps_the_loaded_weights(single):
     trained = out["full"][-1]["loss"]  # ~9.2 after 8 steps; a random model is at ~10.9
     assert [r["step"] for r in out["bf16_finetune"]] == [1, 2, 3]
     assert all(r["loss"] < trained + 0.3 for r in out["bf16_finetune"]), (trained, out["bf16_finetune"])
+
+
+def test_resolved_config_saved_with_run_and_checkpoint(single):
+    out, _ = single
+    assert out["config_saved"] == {"run": True, "checkpoint": True}
+
+
+def test_keep_last_never_prunes_the_start_checkpoint(single):
+    out, _ = single
+    assert out["protect_after"] == ["iter_0000000", "iter_0000004"]  # iter_0000002 pruned, the start kept
+
+
+def test_throughput_counts_only_step_time(single):
+    """Logged at 3, 6 and 8 (a partial interval of 2), validation at 2, 4, 6, 8 and a save at 4 in between:
+    tokens/s and step time match the steps' own durations."""
+    out, _ = single
+    logged, durations, tokens = out["throughput"], out["step_durations"], out["step_tokens"]
+    assert [r["step"] for r in logged] == [3, 6, 8]
+    for record, (first, last) in zip(logged, [(0, 3), (3, 6), (6, 8)]):
+        steps = durations[first:last]
+        assert record["step_time_s"] == pytest.approx(sum(steps) / len(steps), rel=0.1), record
+        assert record["tokens_per_s"] == pytest.approx(tokens * len(steps) / sum(steps), rel=0.1), record
+
+
+def test_changed_schedule_on_resume_is_reported(single):
+    out, _ = single
+    kept, override = out["schedule_kept"], out["schedule_override"]
+    assert any("max_lr is 0.001" in w and "but 0.002 in the config" in w and "kept" in w for w in kept["warnings"]), kept
+    assert any("lr_decay_steps is 8" in w and "but 10" in w for w in kept["warnings"]), kept
+    assert kept["lr"] == pytest.approx(1e-4)  # the checkpoint's schedule had decayed to its min_lr at step 8
+    assert any("config's value applies" in w for w in override["warnings"]) and override["lr"] > 2e-4

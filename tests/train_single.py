@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,14 +62,19 @@ def killsave(work: Path) -> None:
 
 
 def main(work: Path) -> dict:
-    from megatron_tibetan.training import loop
-    from megatron_tibetan.checkpoint_dir import latest_iteration_dir
+    from megatron_tibetan.checkpoint_dir import latest_iteration_dir, model_sharded_state, save_iteration
+    from megatron_tibetan.training import loop, metrics
 
     out = {}
     # 1. uninterrupted, with validation before and after
-    trainer = loop.Trainer(config(work, "full", "validation.at_start=true", f"validation.interval={ITERATIONS}"))
+    full_cfg = config(work, "full", "validation.at_start=true", f"validation.interval={ITERATIONS}")
+    trainer = loop.Trainer(full_cfg)
     out["full"] = records(trainer.train())
+    # a converted-style (model only) checkpoint to start another run from, in that run's own directory
+    save_iteration(work / "protect" / "ckpt", 0, model_sharded_state(trainer.model), spec=trainer.spec)
     trainer.close()
+    out["config_saved"] = {"run": load_config(work / "full" / "config.yaml") == full_cfg,
+                           "checkpoint": load_config(work / "full" / "ckpt" / "iter_0000008" / "config.yaml") == full_cfg}
     out["full_valid"] = [json.loads(l) for l in open(work / "full" / "metrics.jsonl") if '"valid"' in l]
 
     # 2. SIGTERM after step 3: saves iteration 3 and stops; a second launch resumes to the end
@@ -116,6 +123,46 @@ def main(work: Path) -> dict:
             out[f"nan_{policy}"] = str(e)
         finally:
             trainer.close()
+    # 6. keep_last never prunes the weights-only checkpoint the run started from (same directory)
+    loop.run(config(work, "protect", "checkpoint.keep_last=1", "checkpoint.save_interval=2", "train.iterations=4"))
+    out["protect_after"] = sorted(p.name for p in (work / "protect" / "ckpt").glob("iter_*"))
+
+    # 7. throughput over intervals that do not divide each other (log every 3, validate every 2, save at 4,
+    # 8 steps): only step time counts, partial intervals divide by their own steps
+    class TimedTrainer(loop.Trainer):
+        durations = []
+
+        def train_step(self, iterators):
+            start = time.perf_counter()
+            time.sleep(0.1)  # dominate the step so that the timing outside and inside agree closely
+            result = super().train_step(iterators)
+            self.durations.append(time.perf_counter() - start)
+            return result
+
+        def evaluate(self):
+            time.sleep(0.5)
+            return super().evaluate()
+
+    trainer = TimedTrainer(config(work, "timed", "logging.interval=3", "validation.interval=2"))
+    logged = [r for r in trainer.train()["records"] if "tokens_per_s" in r]
+    trainer.close()
+    out["throughput"] = [{"step": r["step"], "tokens_per_s": r["tokens_per_s"], "step_time_s": r["step_time_s"]}
+                         for r in logged]
+    out["step_durations"] = TimedTrainer.durations
+    out["step_tokens"] = 4 * 64
+
+    # 8. a resumed run whose config changed the schedule: warned (both values), kept, or applied on request
+    messages = []
+    original = metrics.MetricsLogger.message
+    metrics.MetricsLogger.message = lambda self, text: (messages.append(text), original(self, text))
+    for name, override in (("kept", "false"), ("override", "true")):
+        shutil.copytree(work / "full" / "ckpt", work / name / "ckpt")
+        result = loop.run(config(work, name, "train.iterations=10", "optimizer.lr=2e-3",
+                                 f"checkpoint.override_schedule={override}"))
+        out[f"schedule_{name}"] = {"lr": result["records"][0]["lr"],
+                                   "warnings": [m for m in messages if m.startswith("WARNING: schedule")]}
+        messages.clear()
+    metrics.MetricsLogger.message = original
     return out
 
 

@@ -89,6 +89,7 @@ class Trainer:
         self.scheduler = build_scheduler(cfg, self.optimizer)
 
         self.iteration, self.consumed_samples, self.skipped_steps = 0, 0, 0
+        self.start_checkpoint = None  # a weights-only start (e.g. a converted iter_0000000): never pruned
         if self.load_from is not None:
             self._load(self.load_from)
         self.config_text = config_to_yaml(cfg)
@@ -136,6 +137,7 @@ class Trainer:
                 self.metrics.bar.n = self.iteration
         else:
             checkpoint_dir.load_model_weights(path, self.model)
+            self.start_checkpoint = path
             # a bf16 model's fp32 master copy in the optimizer was made from the initial weights
             self.optimizer.reload_model_params()
 
@@ -253,7 +255,7 @@ class Trainer:
         self._param_gather_hooks(False)
         path = ckpt.save_checkpoint(c.dir, self.iteration, self.model, self.optimizer, self.scheduler, state,
                                     spec=self.spec, config_text=self.config_text, keep_last=c.keep_last,
-                                    protect=(self.load_from,) if self.load_from else ())
+                                    protect=(self.start_checkpoint,) if self.start_checkpoint else ())
         self._param_gather_hooks(True)
         self.metrics.message(f"saved {path}")
 
@@ -262,7 +264,7 @@ class Trainer:
     def train(self) -> dict:
         """Run to ``train.iterations``; returns the per-step records (also in ``logging.dir/metrics.jsonl``)."""
         cfg = self.cfg
-        exit_signal = ExitSignal(cfg.train.exit_signal)
+        exit_signal = ExitSignal(cfg.train.exit_signals)
         self._skipped_in_a_row = 0
         iterators = self._iterators(self.train_data, self.consumed_samples)
         step_tokens = cfg.batch.global_batch_size * cfg.data.seq_length
@@ -284,7 +286,8 @@ class Trainer:
                 if v.interval and self.valid_data is not None and self.iteration % v.interval == 0:
                     self.metrics.log(self.evaluate(), split="valid")
                 if exit_signal.agreed(self.torch_device):
-                    self.metrics.message(f"{cfg.train.exit_signal} received: saving at iteration {self.iteration} and exiting")
+                    name = exit_signal.received or "an exit signal (on another rank)"
+                    self.metrics.message(f"{name} received: saving at iteration {self.iteration} and exiting")
                     self.save()
                     stopped = True
                     break
