@@ -123,18 +123,18 @@ def te_available() -> bool:
     return importlib.util.find_spec("transformer_engine") is not None
 
 
-def layer_spec(use_te: bool = False, qk_layernorm: bool = False):
-    """Transformer Engine layer spec when asked for (and installed), else the local (pure megatron-core) spec."""
-    from megatron.core.models.gpt.gpt_layer_specs import (
-        get_gpt_layer_local_spec,
-        get_gpt_layer_with_transformer_engine_spec,
-    )
+def layer_spec(use_te: bool = False, qk_layernorm: bool = False, attention: str = "sdpa"):
+    """Transformer Engine layer spec when asked for (and installed), else the local (pure megatron-core) spec
+    with PyTorch's fused attention (``attention="sdpa"``, models/attention.py) or megatron-core's unfused one."""
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
+    from megatron_tibetan.models.attention import local_layer_spec
 
     if use_te:
         if not te_available():
             raise RuntimeError("the Transformer Engine layer spec was requested but transformer_engine is not installed")
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_layernorm)
-    return get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=qk_layernorm)
+    return local_layer_spec(qk_layernorm=qk_layernorm, attention=attention)
 
 
 def build_gpt_model(spec: dict, *, use_te: bool = False, pre_process: bool | None = None,
