@@ -17,6 +17,7 @@ setup(
         "tokenizers>=0.21",
         "safetensors>=0.4",
         "sentencepiece>=0.2",
+        "protobuf>=3.20",  # sentencepiece's ModelProto (sentencepiece_model_pb2), to merge Tibetan pieces
         "sacrebleu>=2.4",
         "submitit>=1.5",
         "pyyaml>=6.0",

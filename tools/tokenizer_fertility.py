@@ -15,21 +15,27 @@ from megatron_tibetan.tokenizer import load_tokenizer  # noqa: E402
 from megatron_tibetan.tokenizer.fertility import fertility  # noqa: E402
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokenizer", required=True, help="qwen2.5, smollm2, an HF directory, a tokenizer.json or a .gguf")
+    p.add_argument("--tokenizer", required=True,
+                   help="qwen2.5, smollm2, an HF directory, a tokenizer.json, a .gguf or a SentencePiece .model")
     p.add_argument("--input", nargs="+", required=True, help="text files (.txt or .jsonl, plain or .gz/.xz/.zst)")
     p.add_argument("--max-lines", type=int, default=None)
     p.add_argument("--output", help="also write the JSON here")
     args = p.parse_args()
-    tok = load_tokenizer(args.tokenizer)
-    result = {"tokenizer": args.tokenizer, "vocab_size": len(tok),
-              "files": [fertility(tok, path, args.max_lines) for path in args.input]}
+    try:
+        tok = load_tokenizer(args.tokenizer)
+        result = {"tokenizer": args.tokenizer, "vocab_size": len(tok),
+                  "files": [fertility(tok, path, args.max_lines) for path in args.input]}
+    except (ValueError, OSError) as error:  # a missing or unreadable tokenizer or input file
+        print(f"tokenizer_fertility: error: {error}", file=sys.stderr)
+        return 1
     text = json.dumps(result, indent=2, ensure_ascii=False)
     if args.output:
         Path(args.output).write_text(text + "\n")
     print(text)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

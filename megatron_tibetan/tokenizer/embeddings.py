@@ -2,7 +2,9 @@
 
 - ``mean``: every new row is the mean of the base rows (the published baseline).
 - ``subtoken_mean``: a new token's row is the mean of the base rows of the base tokenizer's encoding
-  of the token's text, so it starts where the old model already represented that string.
+  of the token's text, so it starts where the old model already represented that string. For a
+  SentencePiece base the token is its piece (``▁`` for a space): the base model's cut of the piece, with
+  byte pieces for characters the base lacks (no dummy prefix is added, as inside a text).
 
 The same function serves the input embedding and an untied output layer. Base rows (and any base
 padding rows that no new token takes) stay bit-identical; rows past the old matrix are zero padding.
@@ -25,9 +27,22 @@ def token_text(tokenizer, token_id: int) -> str | None:
         return None
 
 
-def base_subtoken_ids(base_tokenizer, extended_tokenizer, token_id: int) -> list[int]:
-    """Base ids for new token ``token_id``: the base encoding of its text; for a token that is not whole
-    UTF-8 characters (or whose text the base does not reproduce), the base BPE model's cut of its bytes."""
+def is_byte_level(tokenizer) -> bool:
+    """Whether ``tokenizer`` spells tokens in GPT-2's byte alphabet (else: SentencePiece-style pieces)."""
+    pre_tokenizer = tokenizer.backend_tokenizer.pre_tokenizer
+    return pre_tokenizer is not None and b'"ByteLevel"' in pre_tokenizer.__getstate__()
+
+
+def base_subtoken_ids(base_tokenizer, extended_tokenizer, token_id: int, byte_level: bool | None = None) -> list[int]:
+    """Base ids for new token ``token_id``. Byte-level: the base encoding of its text; for a token that is
+    not whole UTF-8 characters (or whose text the base does not reproduce), the base BPE model's cut of
+    its bytes. SentencePiece: the base model's cut of the piece (byte pieces where the base lacks a
+    character). ``byte_level``: :func:`is_byte_level` of the extended tokenizer, if known."""
+    if byte_level is None:
+        byte_level = is_byte_level(extended_tokenizer)
+    if not byte_level:
+        piece = extended_tokenizer.convert_ids_to_tokens(token_id)
+        return [t.id for t in base_tokenizer.backend_tokenizer.model.tokenize(piece)]
     text = token_text(extended_tokenizer, token_id)
     if text is not None:
         ids = base_tokenizer.encode(text, add_special_tokens=False)
@@ -60,7 +75,12 @@ def init_new_embeddings(base_tokenizer, extended_tokenizer, embedding: torch.Ten
     if method == "mean":
         out[base_n:ext_n] = embedding[:base_n].double().mean(0).to(embedding.dtype)
         return out
-    pieces = [base_subtoken_ids(base_tokenizer, extended_tokenizer, t) for t in new_ids]
+    byte_level = is_byte_level(extended_tokenizer)
+    pieces = [base_subtoken_ids(base_tokenizer, extended_tokenizer, t, byte_level) for t in new_ids]
+    empty = [t for t, p in zip(new_ids, pieces) if not p]
+    if empty:  # a piece the base model cannot spell (no byte fallback): no rows to average
+        raise ValueError(f"init_new_embeddings: the base tokenizer gives no tokens for new ids {empty[:5]} "
+                         f"({extended_tokenizer.convert_ids_to_tokens(empty[:5])})")
     flat = torch.tensor([i for p in pieces for i in p], dtype=torch.long)
     owner = torch.repeat_interleave(torch.arange(len(pieces)), torch.tensor([len(p) for p in pieces]))
     sums = torch.zeros(len(pieces), embedding.shape[1], dtype=torch.float64).index_add_(

@@ -1,5 +1,6 @@
 """Extend a byte-level BPE tokenizer with Tibetan tokens, keeping every base token's id and its
-encoding of text without Tibetan.
+encoding of text without Tibetan. :func:`extend_tokenizer` serves both kinds of base: a SentencePiece
+base goes to :mod:`.sentencepiece_extend`.
 
 How: the pre-tokenizer isolates Tibetan syllables, or tsheg-joined runs of them (:mod:`.pretokenize`); each Tibetan pre-token of the
 normalised corpus is cut by the *base* BPE model; BPE is trained on those base-token sequences (each
@@ -29,7 +30,7 @@ from tqdm import tqdm
 from megatron_tibetan.presets import PRESETS
 from megatron_tibetan.text import normalize
 from megatron_tibetan.text.readers import iter_texts
-from megatron_tibetan.tokenizer.base import load_tokenizer
+from megatron_tibetan.tokenizer.base import BYTE_LEVEL_BPE, SENTENCEPIECE, base_kind, load_tokenizer
 from megatron_tibetan.tokenizer.pretokenize import tibetan_pattern, tibetan_pre_tokenizer
 
 EXTENSION_FILE = "extension.json"
@@ -51,7 +52,8 @@ def tibetan_backend(base, unit: str = "run") -> "tokenizers.Tokenizer":  # noqa:
 
     spec = json.loads(base.backend_tokenizer.to_str())
     if spec["model"]["type"] != "BPE" or "ByteLevel" not in json.dumps(spec["pre_tokenizer"]):
-        raise ValueError(f"base tokenizer: model {spec['model']['type']}, expected a byte-level BPE")
+        raise ValueError(f"base tokenizer: model {spec['model']['type']}, expected a byte-level BPE "
+                         "(SentencePiece bases: tokenizer.sentencepiece_extend)")
     spec["pre_tokenizer"] = tibetan_pre_tokenizer(spec["pre_tokenizer"], unit)
     return Tokenizer.from_str(json.dumps(spec))
 
@@ -155,7 +157,8 @@ def save_extended(base, base_spec: str, merges: list[tuple[str, str]], output: s
     backend.save(str(output / "tokenizer.json"))
     num_new = backend.get_vocab_size(with_added_tokens=True) - len(base)
     extension = {
-        "base": _portable_spec(base_spec),
+        "base": portable_spec(base_spec),
+        "base_kind": BYTE_LEVEL_BPE,
         "base_vocab_size": len(base),
         "num_new_tokens": num_new,
         "new_token_ids": [len(base), len(base) + num_new],  # [first, end) like range()
@@ -168,7 +171,7 @@ def save_extended(base, base_spec: str, merges: list[tuple[str, str]], output: s
     return extension
 
 
-def _portable_spec(spec: str | Path) -> str:
+def portable_spec(spec: str | Path) -> str:
     # a preset name stays a name; a path is made absolute so conversion can run from anywhere
     return str(spec) if str(spec) in PRESETS or str(spec) == "qwen2" else str(Path(spec).resolve())
 
@@ -187,9 +190,7 @@ def learn_extension(base_spec: str, corpus: list[str | Path], num_new_tokens: in
     """(base tokenizer, merges, info) from a corpus; ``info`` has the corpus statistics, time and memory.
     ``max_lines_per_file``: one limit for every file, or one per file (None: the whole file)."""
     start = time.perf_counter()
-    limits = max_lines_per_file if isinstance(max_lines_per_file, list) else [max_lines_per_file] * len(corpus)
-    if len(limits) != len(corpus):
-        raise ValueError(f"max_lines_per_file: {len(limits)} limits for {len(corpus)} corpus files")
+    limits = line_limits(corpus, max_lines_per_file)
     base = load_tokenizer(base_spec)
     backend = tibetan_backend(base, unit)
     units, stats = Counter(), Counter()
@@ -199,6 +200,8 @@ def learn_extension(base_spec: str, corpus: list[str | Path], num_new_tokens: in
         file_units, file_stats = count_tibetan_units(backend, lines)
         units.update(file_units)
         stats.update(file_stats)
+    if not units:
+        raise ValueError(f"corpus {', '.join(map(str, corpus))}: no Tibetan text in {stats['lines']} lines")
     counted = time.perf_counter()
     merges = train_tibetan_merges(base, units, num_new_tokens, min_frequency)
     made = len({a + b for a, b in merges} - set(base.backend_tokenizer.get_vocab(with_added_tokens=False)))
@@ -219,6 +222,14 @@ def learn_extension(base_spec: str, corpus: list[str | Path], num_new_tokens: in
     return base, merges, info
 
 
+def line_limits(corpus: list, max_lines_per_file: int | None | list[int | None]) -> list[int | None]:
+    """One line limit per corpus file from one limit for all or a list of them (None: the whole file)."""
+    limits = max_lines_per_file if isinstance(max_lines_per_file, list) else [max_lines_per_file] * len(corpus)
+    if len(limits) != len(corpus):
+        raise ValueError(f"max_lines_per_file: {len(limits)} limits for {len(corpus)} corpus files")
+    return limits
+
+
 def truncate_merges(merges: list[tuple[str, str]], base, num_new_tokens: int) -> list[tuple[str, str]]:
     """The prefix of ``merges`` that creates ``num_new_tokens`` new tokens (BPE with a smaller budget)."""
     vocab = set(base.backend_tokenizer.get_vocab(with_added_tokens=False))
@@ -233,8 +244,23 @@ def truncate_merges(merges: list[tuple[str, str]], base, num_new_tokens: int) ->
 
 
 def extend_tokenizer(base_spec: str, corpus: list[str | Path], num_new_tokens: int, output: str | Path,
-                     max_lines_per_file: int | None | list[int | None] = None, min_frequency: int = 2,
-                     unit: str = "run") -> dict:
-    """Train ``num_new_tokens`` Tibetan tokens on ``corpus`` and save the extended tokenizer in ``output``."""
-    base, merges, info = learn_extension(base_spec, corpus, num_new_tokens, max_lines_per_file, min_frequency, unit)
+                     max_lines_per_file: int | None | list[int | None] = None, min_frequency: int | None = None,
+                     unit: str | None = None, piece_type: str | None = None) -> dict:
+    """Train ``num_new_tokens`` Tibetan tokens on ``corpus`` and save the extended tokenizer in ``output``.
+    The method follows the base: BPE merges for a byte-level BPE base (``min_frequency``, default 2, and
+    ``unit``, default "run"), SentencePiece pieces for a SentencePiece base (``piece_type``, default "bpe").
+    A setting that does not apply to the base is an error."""
+    if base_kind(base_spec) == SENTENCEPIECE:
+        ignored = [name for name, value in (("min_frequency", min_frequency), ("unit", unit)) if value is not None]
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)}: byte-level BPE settings; base '{base_spec}' is a SentencePiece model")
+        # imported here: sentencepiece_extend uses this module's helpers
+        from megatron_tibetan.tokenizer.sentencepiece_extend import DEFAULT_PIECE_TYPE, extend_sentencepiece
+
+        return extend_sentencepiece(base_spec, corpus, num_new_tokens, output, max_lines_per_file,
+                                    piece_type or DEFAULT_PIECE_TYPE)
+    if piece_type is not None:
+        raise ValueError(f"piece_type: a SentencePiece setting; base '{base_spec}' is a byte-level BPE tokenizer")
+    base, merges, info = learn_extension(base_spec, corpus, num_new_tokens, max_lines_per_file,
+                                         2 if min_frequency is None else min_frequency, unit or "run")
     return save_extended(base, base_spec, merges, output, info)

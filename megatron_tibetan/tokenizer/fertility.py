@@ -1,12 +1,17 @@
 """Fertility of a tokenizer on a text file: tokens per Tibetan syllable, per character, per word, and
-bytes per token. Lines are normalised first, as every stage of the pipeline does."""
+bytes per token. Lines are normalised first, as every stage of the pipeline does. For a tokenizer with
+byte fallback (SentencePiece style), also how many tokens are byte pieces and in how many lines: the
+characters its vocabulary lacks."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from megatron_tibetan.text import count_syllables, normalize
 from megatron_tibetan.tokenizer.extend import read_lines
+
+_BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 
 
 def fertility(tokenizer, path: str | Path, max_lines: int | None = None) -> dict:
@@ -30,4 +35,13 @@ def fertility(tokenizer, path: str | Path, max_lines: int | None = None) -> dict
         "bytes_per_token": counts["bytes"] / tokens if tokens else None,
         "tokens_per_char": tokens / counts["chars"] if counts["chars"] else None,
         "tokens_per_word": tokens / counts["words"] if counts["words"] else None,
+        **_byte_fallback(tokenizer, ids),
     }
+
+
+def _byte_fallback(tokenizer, ids: list[list[int]]) -> dict:
+    if not getattr(tokenizer.backend_tokenizer.model, "byte_fallback", False):
+        return {"byte_fallback_tokens": None, "byte_fallback_lines": None}
+    byte_ids = {i for token, i in tokenizer.get_vocab().items() if _BYTE_PIECE.fullmatch(token)}
+    per_line = [sum(i in byte_ids for i in line) for line in ids]
+    return {"byte_fallback_tokens": sum(per_line), "byte_fallback_lines": sum(n > 0 for n in per_line)}
