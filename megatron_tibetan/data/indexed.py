@@ -64,11 +64,3 @@ class DocumentWriter:
                 if os.path.exists(self._partial + suffix):
                     os.remove(self._partial + suffix)
 
-
-def read_sequences(prefix: str) -> list[np.ndarray]:
-    """Every sequence (here: document) of ``<prefix>.bin/.idx`` read back through megatron-core's ``IndexedDataset``."""
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-    dataset = IndexedDataset(prefix, mmap=True)
-    # copies: the arrays are views of a memory map that closes with the dataset
-    return [np.array(dataset[i]) for i in range(len(dataset))]

@@ -15,7 +15,7 @@ from megatron_tibetan.config import ConfigError, TrainingConfig
 def resolve_model_spec(cfg: TrainingConfig) -> tuple[dict, Path | None]:
     """(model spec, iteration folder to load or None): resume from checkpoint.dir, else checkpoint.load,
     else a from-scratch model from model.hf_config."""
-    from megatron_tibetan.models.gpt import load_model_spec_dir, make_model_spec
+    from megatron_tibetan.models.gpt import DTYPE_NAMES, load_model_spec_dir, make_model_spec
 
     own = cfg.checkpoint.dir
     if own and checkpoint_dir.has_checkpoint(own):
@@ -30,14 +30,18 @@ def resolve_model_spec(cfg: TrainingConfig) -> tuple[dict, Path | None]:
         if not path.is_file():
             raise ConfigError(f"model.hf_config: {path} not found")
         hf = json.loads(path.read_text())
-    dtype = {"fp32": "float32", "bf16": "bfloat16"}[cfg.precision.dtype]
-    return make_model_spec(hf, params_dtype=dtype, tokenizer=cfg.data.tokenizer), None
+    return make_model_spec(hf, params_dtype=DTYPE_NAMES[params_dtype(cfg)], tokenizer=cfg.data.tokenizer), None
+
+
+def params_dtype(cfg: TrainingConfig) -> torch.dtype:
+    """The dtype of the weights a run trains (``precision.dtype``)."""
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.precision.dtype]
 
 
 def config_overrides(cfg: TrainingConfig) -> dict:
     """TransformerConfig fields a training config sets on top of the model's own."""
     m, prec = cfg.model, cfg.precision
-    dtype = torch.bfloat16 if prec.dtype == "bf16" else torch.float32
+    dtype = params_dtype(cfg)
     o = dict(
         calculate_per_token_loss=True,
         sequence_parallel=cfg.parallel.sequence_parallel,
