@@ -44,6 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=d.seed, help="phrasing draws, reverse draws and the held-out split")
     p.add_argument("--template", choices=TEMPLATES, default=d.template,
                    help="the model's chat template, or the plain one (auto: the model's when it has one)")
+    p.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template to render with instead (overrides --template)")
     p.add_argument("--train-on", choices=TRAIN_ON, default=d.train_on, help="which assistant turns are trained")
     p.add_argument("--normalize-messages", action=argparse.BooleanOptionalAction, default=d.normalize_messages,
                    help="apply text.normalize (keeping newlines) to chat message contents")
@@ -58,8 +59,8 @@ def main(argv=None) -> int:
             output_prefix=args.output, tokenizer=args.tokenizer, pairs=tuple(parse_pair_spec(s) for s in args.pairs),
             messages=tuple(args.messages), exclude=tuple(args.exclude), valid_fraction=args.valid_fraction,
             max_length=args.max_length, reverse_share=args.reverse_share, seed=args.seed, template=args.template,
-            train_on=args.train_on, normalize_messages=args.normalize_messages, seq_length=args.seq_length,
-            progress=not args.no_progress,
+            chat_template=args.chat_template, train_on=args.train_on, normalize_messages=args.normalize_messages,
+            seq_length=args.seq_length, progress=not args.no_progress,
         )
         stats = prepare_sft(config)
     except (ValueError, FileNotFoundError) as error:  # bad input (readers.InputError is a ValueError)

@@ -1,8 +1,9 @@
 """Chat rendering and the answer-only loss mask, located from the rendered turns' character spans.
 
 A conversation ``m[0..n]`` (roles ``system``, ``user``, ``assistant``) is rendered with the model's own
-chat template (``tokenizer.apply_chat_template``), or with :data:`PLAIN_TEMPLATE` for a base model
-without one. The loss mask never looks at template markup. For each trained assistant turn ``i``:
+chat template (``tokenizer.apply_chat_template``), with :data:`PLAIN_TEMPLATE` for a base model
+without one, or with a Jinja template given explicitly (``chat_template``, e.g. an instruct model's
+template for its base model). The loss mask never looks at template markup. For each trained assistant turn ``i``:
 
 - ``before = render(m[:i], add_generation_prompt=True)``: the prompt a model is given at inference;
 - ``through = render(m[:i+1])``: the conversation up to and including turn ``i``;
@@ -70,8 +71,10 @@ class Encoded(NamedTuple):
 class ChatEncoder:
     """Renders and tokenises conversations with ``tokenizer`` (a fast HF tokenizer)."""
 
-    def __init__(self, tokenizer, template: str = "auto", train_on: str = "all"):
-        if template not in TEMPLATES:
+    def __init__(self, tokenizer, template: str = "auto", train_on: str = "all", chat_template: str | None = None):
+        if chat_template is not None:
+            template = "custom"
+        elif template not in TEMPLATES:
             raise ValueError(f"template {template!r}: expected one of {', '.join(TEMPLATES)}")
         if train_on not in TRAIN_ON:
             raise ValueError(f"train_on {train_on!r}: expected one of {', '.join(TRAIN_ON)}")
@@ -86,7 +89,7 @@ class ChatEncoder:
         self.tokenizer = tokenizer
         self.template = template
         self.train_on = train_on
-        self._chat_template = PLAIN_TEMPLATE if template == "plain" else None
+        self._chat_template = {"plain": PLAIN_TEMPLATE, "custom": chat_template}.get(template)
         vocab = tokenizer.get_vocab()
         candidates = [t for t in (*END_OF_TURN, tokenizer.eos_token) if t is not None and t in vocab]
         self.end_of_turn = list(dict.fromkeys(candidates))
@@ -150,7 +153,11 @@ class ChatEncoder:
         return text, spans
 
     def encode(self, messages: Sequence[dict]) -> Encoded:
-        return self.encode_many([messages])[0]
+        """One conversation; raises what :meth:`encode_many` would return in its place."""
+        result = self.encode_many([messages])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def encode_many(self, conversations: Sequence[Sequence[dict]]) -> list:
         """One :class:`Encoded` per conversation, or the exception that conversation raised (in place,

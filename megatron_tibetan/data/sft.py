@@ -60,6 +60,7 @@ class SFTDataConfig:
     reverse_share: float = 0.0  # share of pairs also given as bo→source
     seed: int = 1234
     template: str = "auto"  # auto | model | plain
+    chat_template: str | None = None  # a Jinja chat template file used instead (overrides template)
     train_on: str = "all"  # all | last assistant turn(s)
     normalize_messages: bool = True
     seq_length: int | None = None  # packing efficiency reported at this length (default: max_length)
@@ -83,8 +84,9 @@ def _check(config: SFTDataConfig) -> None:
             raise ValueError(f"--pairs {lang}=...: the source language must be one of "
                              f"{', '.join(k for k in LANGUAGES if k != 'bo')}")
         expand_inputs([source, tibetan])
-    if config.messages or config.exclude:
-        expand_inputs([*config.messages, *config.exclude])
+    others = [*config.messages, *config.exclude, *([config.chat_template] if config.chat_template else [])]
+    if others:
+        expand_inputs(others)
     if not 0 <= config.reverse_share <= 1:
         raise ValueError(f"reverse share {config.reverse_share} must be in [0, 1]")
     if not 0 <= config.valid_fraction < 1:
@@ -156,14 +158,11 @@ def _token_stats(items: list, seq_length: int) -> dict:
     }
 
 
-def prepare_sft(config: SFTDataConfig) -> dict:
-    """Write the SFT data of ``config`` (see the module docstring); returns the stats."""
+def prepare_sft(config: SFTDataConfig, tokenizer=None) -> dict:
+    """Write the SFT data of ``config`` (see the module docstring); returns the stats. ``tokenizer``:
+    the already loaded ``config.tokenizer``, if at hand."""
     started = time.time()
     _check(config)
-    tokenizer = load_tokenizer(config.tokenizer)
-    if tokenizer.eos_token_id is None:
-        raise ValueError(f"tokenizer {config.tokenizer!r} has no eos token (the id padding uses)")
-    encoder = ChatEncoder(tokenizer, config.template, config.train_on)
     counts = Counts()
 
     examples: list[Example] = []
@@ -181,6 +180,12 @@ def prepare_sft(config: SFTDataConfig) -> dict:
     train, valid = split(examples, config.valid_fraction, config.seed)
     held_out = {segment for ex in valid for segment in ex.tibetan}
     train = drop_leaks(train, held_out, "leak_valid", counts)
+
+    tokenizer = tokenizer or load_tokenizer(config.tokenizer)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"tokenizer {config.tokenizer!r} has no eos token (the id padding uses)")
+    chat_template = Path(config.chat_template).read_text(encoding="utf-8") if config.chat_template else None
+    encoder = ChatEncoder(tokenizer, config.template, config.train_on, chat_template)
     _log(config, f"{len(train)} training and {len(valid)} held-out examples before templating "
                  f"(template {encoder.template}, train on {config.train_on} assistant turn(s))")
 

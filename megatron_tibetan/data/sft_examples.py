@@ -33,7 +33,6 @@ import hashlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
-from itertools import zip_longest
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -41,7 +40,7 @@ import numpy as np
 from megatron_tibetan.data.chat import ROLES
 from megatron_tibetan.data.prompts import draw_phrasing, translation_prompt
 from megatron_tibetan.text import normalize, tibetan_ratio
-from megatron_tibetan.text.readers import InputError, RawDocument, read_documents
+from megatron_tibetan.text.readers import InputError, read_lines
 
 MESSAGES = "messages"  # the direction name of chat examples
 DROP_REASONS = ("empty", "duplicate", "leak_exclude", "leak_valid", "special_token", "too_long")
@@ -87,27 +86,16 @@ def _unit(seed: int, *parts: str) -> float:
     return int.from_bytes(_digest(str(seed), *parts)[:8], "little") / 2**64
 
 
-def _text(doc: RawDocument) -> str:
-    try:
-        return doc.data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise InputError(f"{doc.source}:{doc.line}: invalid UTF-8 ({error.reason} at byte {error.start})") from None
-
-
 def read_pairs(source_path: str, tibetan_path: str) -> Iterator[tuple[int, str, str]]:
     """(line, source text, Tibetan text) of two line-aligned files, not normalised."""
-    source_lines = tibetan_lines = 0
-    for a, b in zip_longest(read_documents(source_path), read_documents(tibetan_path)):
-        source_lines += a is not None
-        tibetan_lines += b is not None
-        if a is None or b is None:
-            continue  # count the rest of the longer file for the error below
-        yield a.line, _text(a), _text(b)
-    if source_lines != tibetan_lines:
+    sources, tibetans = read_lines(source_path), read_lines(tibetan_path)
+    if len(sources) != len(tibetans):
         raise InputError(
-            f"parallel files are not line-aligned: {source_path} has {source_lines} lines, "
-            f"{tibetan_path} has {tibetan_lines}"
+            f"parallel files are not line-aligned: {source_path} has {len(sources)} lines, "
+            f"{tibetan_path} has {len(tibetans)}"
         )
+    for line, (source, tibetan) in enumerate(zip(sources, tibetans), 1):
+        yield line, source, tibetan
 
 
 def pair_examples(lang: str, source_path: str, tibetan_path: str, counts: Counts, seed: int,
@@ -131,8 +119,7 @@ def pair_examples(lang: str, source_path: str, tibetan_path: str, counts: Counts
             yield Example(messages, direction, origin, (tibetan,), _digest(direction, src, tgt), index)
 
 
-def _parse_messages(doc: RawDocument, text: str) -> list[dict]:
-    where = f"{doc.source}:{doc.line}"
+def _parse_messages(where: str, text: str) -> list[dict]:
     try:
         record = json.loads(text)
     except json.JSONDecodeError as error:
@@ -165,13 +152,12 @@ def tibetan_segments(text: str) -> list[str]:
 
 def message_examples(path: str, counts: Counts, normalize_messages: bool = True) -> Iterator[Example]:
     """The conversations of a chat JSONL file."""
-    for doc in read_documents(path):
+    for line, text in enumerate(read_lines(path), 1):
         counts.add(MESSAGES)
-        text = _text(doc)
         if not text.strip():
             counts.drop(MESSAGES, "empty")
             continue
-        messages = _parse_messages(doc, text)
+        messages = _parse_messages(f"{path}:{line}", text)
         if normalize_messages:
             messages = [{"role": m["role"], "content": normalize(m["content"], keep_newlines=True)} for m in messages]
         if not all(m["content"] for m in messages):
@@ -179,7 +165,7 @@ def message_examples(path: str, counts: Counts, normalize_messages: bool = True)
             continue
         segments = tuple(dict.fromkeys(s for m in messages for s in tibetan_segments(m["content"])))
         key = _digest(*(f"{m['role']}\0{m['content']}" for m in messages))
-        yield Example(messages, MESSAGES, f"{path}:{doc.line}", segments, key)
+        yield Example(messages, MESSAGES, f"{path}:{line}", segments, key)
 
 
 def read_exclude(paths: Iterable[str]) -> tuple[set[str], dict[str, int]]:
@@ -187,13 +173,9 @@ def read_exclude(paths: Iterable[str]) -> tuple[set[str], dict[str, int]]:
     lines: set[str] = set()
     sizes = {}
     for path in paths:
-        n = 0
-        for doc in read_documents(path):
-            n += 1
-            for segment in normalize(_text(doc), keep_newlines=True).split("\n"):
-                if segment:
-                    lines.add(segment)
-        sizes[str(path)] = n
+        texts = read_lines(path)
+        lines.update(t for t in map(normalize, texts) if t)
+        sizes[str(path)] = len(texts)
     return lines, sizes
 
 
