@@ -38,6 +38,11 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    # "gpt": documents of indexed datasets cut into sequences by megatron-core's GPTDataset (continual
+    # pretraining); "sft": examples written by tools/prepare_sft.py (paths: its one PREFIX), trained only on
+    # the assistant's tokens
+    kind: str = "gpt"
+    pack: bool = True  # sft: several examples per sequence, positions restarting, attention kept inside each
     # Indexed-dataset prefixes (without _text_document.bin/.idx suffix handling: give the full prefix,
     # e.g. runs/data/nanhai_smollm2_text_document), optionally weighted. Megatron's flat form
     # ["0.7", "a", "0.3", "b"] is accepted too.
@@ -104,7 +109,8 @@ class BatchConfig:
 
 @dataclass
 class TrainConfig:
-    iterations: int = 100
+    iterations: Optional[int] = 100  # optimizer steps; null with train.epochs (sft)
+    epochs: Optional[int] = None  # sft: passes over the training examples, which set the iterations
     seed: int = 1234
     device: str = "auto"  # auto | cpu | cuda
     on_nonfinite_loss: str = "skip"  # skip | stop: what a NaN/inf loss does to the step
@@ -159,6 +165,7 @@ class TrainingConfig:
 
 
 CHOICES = {
+    "data.kind": ("gpt", "sft"),
     "model.transformer_impl": ("auto", "local", "transformer_engine"),
     "model.recompute_granularity": (None, "full", "selective"),
     "precision.dtype": ("fp32", "bf16"),
@@ -300,8 +307,26 @@ def check_config(cfg: TrainingConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
-    if cfg.train.iterations < 0:
+    if cfg.train.epochs is not None:
+        if cfg.data.kind != "sft":
+            raise ConfigError("train.epochs needs data.kind sft (a pretraining dataset has no epochs here: set train.iterations)")
+        if cfg.train.iterations is not None:
+            raise ConfigError(f"set one of train.epochs ({cfg.train.epochs}) and train.iterations "
+                              f"({cfg.train.iterations}); set the other to null")
+        if cfg.train.epochs < 1:
+            raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}")
+    elif cfg.train.iterations is None:
+        raise ConfigError("train.iterations is null: set it (or train.epochs with data.kind sft)")
+    elif cfg.train.iterations < 0:
         raise ConfigError(f"train.iterations must be >= 0 (0 only saves the initial model), got {cfg.train.iterations}")
+    if cfg.data.kind == "sft":
+        if len(cfg.data.paths) != 1 or cfg.data.weights:
+            raise ConfigError(f"data.paths: data.kind sft takes one PREFIX written by tools/prepare_sft.py, got {cfg.data.paths}")
+        if cfg.data.pack and cfg.batch.micro_batch_size != 1:
+            raise ConfigError("data.pack: a packed micro-batch is one sequence of several examples; set "
+                              f"batch.micro_batch_size=1 (got {cfg.batch.micro_batch_size}) or data.pack=false")
+        if cfg.validation.paths:
+            raise ConfigError("validation.paths: data.kind sft validates on the held-out split of its PREFIX")
     if cfg.batch.global_batch_size % cfg.batch.micro_batch_size:
         raise ConfigError(
             f"batch.global_batch_size ({cfg.batch.global_batch_size}) is not a multiple of "

@@ -7,11 +7,11 @@ exit signal. Each concern lives in its own module: ``model.py`` (which model, DD
 ``optim.py``, ``checkpoint.py`` (training state), ``signals.py``, ``metrics.py`` (throughput, logging),
 ``checks.py`` (start-up checks).
 
-What a stage changes is its data: ``build_data(trainer, train_samples, valid_samples) -> (train, valid or
-None)``, datasets whose items are dicts of ``tokens``, ``labels``, ``loss_mask`` and ``position_ids``
-tensors (megatron-core's GPTDataset for CPT; SFT masks prompt tokens in ``loss_mask``). The loss is the
-mean over unmasked tokens of the whole global batch (``calculate_per_token_loss``), so gradient
-accumulation and the data-parallel size do not change it.
+What a stage changes is its data (``data.kind``, :mod:`megatron_tibetan.training.data`): datasets whose
+items are dicts of ``tokens``, ``labels``, ``loss_mask`` and ``position_ids`` tensors (megatron-core's
+GPTDataset for CPT; SFT examples with only the assistant's tokens in ``loss_mask``, packed ones also with
+``cu_seqlens``). The loss is the mean over unmasked tokens of the whole global batch
+(``calculate_per_token_loss``), so gradient accumulation, packing and the data-parallel size do not change it.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from megatron_tibetan import checkpoint_dir
 from megatron_tibetan.config import ConfigError, TrainingConfig, config_to_yaml
 from megatron_tibetan.training import checkpoint as ckpt
 from megatron_tibetan.training import checks
+from megatron_tibetan.training.data import build_data
 from megatron_tibetan.training.metrics import MetricsLogger, Throughput, flops_per_token, peak_flops
 from megatron_tibetan.training.model import build_model_chunks, resolve_model_spec
 from megatron_tibetan.training.optim import build_optimizer, build_scheduler
@@ -51,7 +52,7 @@ def set_seed(seed: int) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainingConfig, build_data=None):
+    def __init__(self, cfg: TrainingConfig):
         from megatron.core import parallel_state
 
         from megatron_tibetan.data.gpt import DatasetTokenizer, check_cpt_data
@@ -63,8 +64,8 @@ class Trainer:
         self.use_te = checks.use_transformer_engine(cfg, self.device)
         checks.check_device(cfg, self.device, self.use_te)
         self.dp_size = checks.check_world(cfg, world()[1])
-        if build_data is None:
-            check_cpt_data(cfg)  # fail on missing data before the model is built
+        if cfg.data.kind == "gpt":
+            check_cpt_data(cfg)  # fail on missing data before anything is built
         init_parallel(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, seed=cfg.train.seed,
                       device=self.device, vpp=p.virtual_pipeline_model_parallel_size)
         self.rank = torch.distributed.get_rank()
@@ -74,6 +75,7 @@ class Trainer:
         log_dir = Path(cfg.logging.dir)
         self.metrics = MetricsLogger(log_dir, enabled=self.rank == 0, tensorboard=cfg.logging.tensorboard,
                                      progress=cfg.logging.progress, total=cfg.train.iterations)
+        self.packed = cfg.data.kind == "sft" and cfg.data.pack
 
         # the model, and the tokenizer its ids mean (the checkpoint's unless data.tokenizer says otherwise)
         self.spec, self.load_from = resolve_model_spec(cfg)
@@ -81,12 +83,21 @@ class Trainer:
         self.tokenizer = DatasetTokenizer.from_spec(tokenizer)
         self.spec["tokenizer"] = self.spec.get("tokenizer") or tokenizer
         checks.check_model(cfg, self.spec, self.tokenizer.vocab_size)
-        if build_data is None:
-            checks.check_dataset_tokenizer(cfg, self.tokenizer)
+        checks.check_dataset_tokenizer(cfg, self.tokenizer)
+
+        # the data (it fixes the run's length for SFT epochs), then the model, optimizer and schedule
+        self.num_microbatches = cfg.batch.global_batch_size // (cfg.batch.micro_batch_size * self.dp_size)
+        data = build_data(cfg, self.tokenizer, self.dp_size)
+        self.train_data, self.valid_data = data.train, data.valid
+        self.iterations, self.valid_iterations = data.iterations, data.valid_iterations
+        for note in data.notes:
+            self.metrics.message(note)
+        if self.metrics.bar is not None:
+            self.metrics.bar.total = self.iterations
         self.model = build_model_chunks(cfg, self.spec, self.device, self.use_te)
         self.config = checkpoint_dir.unwrap(self.model[0]).config
         self.optimizer = build_optimizer(cfg, self.model)
-        self.scheduler = build_scheduler(cfg, self.optimizer)
+        self.scheduler = build_scheduler(cfg, self.optimizer, self.iterations)
 
         self.iteration, self.consumed_samples, self.skipped_steps = 0, 0, 0
         self.start_checkpoint = None  # a weights-only start (e.g. a converted iter_0000000): never pruned
@@ -95,12 +106,6 @@ class Trainer:
         self.config_text = config_to_yaml(cfg)
         if self.rank == 0:
             (log_dir / "config.yaml").write_text(self.config_text)
-
-        self.num_microbatches = cfg.batch.global_batch_size // (cfg.batch.micro_batch_size * self.dp_size)
-        train_samples = cfg.train.iterations * cfg.batch.global_batch_size
-        valid_samples = cfg.validation.iterations * cfg.batch.micro_batch_size * self.dp_size
-        build = build_data or default_build_data
-        self.train_data, self.valid_data = build(self, train_samples, valid_samples)
 
         hf = self.spec["hf_config"]
         self.throughput = Throughput(flops_per_token(hf, cfg.data.seq_length), peak_flops(), self.device,
@@ -151,11 +156,21 @@ class Trainer:
             raise ValueError(f"token id {int(tokens.max())} in samples {batch['sample_indices'].tolist()} is beyond "
                              f"the model's vocabulary ({self.spec['padded_vocab_size']})")
         dev = self.torch_device
+        packed = {}
+        if self.packed:  # several examples in one sequence: attention and RoPE restart at each (THD)
+            from megatron_tibetan.data.sft_dataset import packed_seq_params
+
+            packed["packed_seq_params"] = packed_seq_params({k: v.to(dev) for k, v in batch.items()})
+        elif "length" in batch and self.config.pipeline_model_parallel_size == 1:
+            from megatron_tibetan.data.sft_dataset import trim_padding
+
+            batch = trim_padding(batch)  # padded SFT: no compute on columns past the longest example
         output = model(
-            tokens.to(dev),
+            batch["tokens"].to(dev),
             batch["position_ids"].to(dev),
-            attention_mask=batch["attention_mask"].to(dev) if "attention_mask" in batch else None,
+            attention_mask=None,
             labels=batch["labels"].to(dev),
+            **packed,
         )
         return output, partial(self.loss_func, batch["loss_mask"].to(dev))
 
@@ -240,7 +255,7 @@ class Trainer:
         for m in self.model:
             m.eval()
         with torch.no_grad():
-            losses = self._run_schedule(self._iterators(self.valid_data, 0), self.cfg.validation.iterations, forward_only=True)
+            losses = self._run_schedule(self._iterators(self.valid_data, 0), self.valid_iterations, forward_only=True)
         for m in self.model:
             m.train()
         self._param_gather_hooks(True)
@@ -262,7 +277,7 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------------------------
 
     def train(self) -> dict:
-        """Run to ``train.iterations``; returns the per-step records (also in ``logging.dir/metrics.jsonl``)."""
+        """Run to the run's iterations; returns the per-step records (also in ``logging.dir/metrics.jsonl``)."""
         cfg = self.cfg
         exit_signal = ExitSignal(cfg.train.exit_signals)
         self._skipped_in_a_row = 0
@@ -272,14 +287,14 @@ class Trainer:
         try:
             if cfg.validation.at_start and self.valid_data is not None:
                 self.metrics.log(self.evaluate(), split="valid")
-            while self.iteration < cfg.train.iterations:
+            while self.iteration < self.iterations:
                 out = self.throughput.step(lambda: self.train_step(iterators), step_tokens)
                 self.iteration += 1
                 record = {"step": self.iteration, "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
                           "skipped": out["skipped"], "skipped_steps": self.skipped_steps,
                           "consumed_samples": self.consumed_samples}
                 records.append(record)
-                if self.iteration % cfg.logging.interval == 0 or self.iteration == cfg.train.iterations:
+                if self.iteration % cfg.logging.interval == 0 or self.iteration == self.iterations:
                     record.update(self.throughput.report())
                     self.metrics.log(record)
                 v = cfg.validation
@@ -314,17 +329,8 @@ class Trainer:
         parallel_state.destroy_model_parallel()
 
 
-def default_build_data(trainer: Trainer, train_samples: int, valid_samples: int):
-    """Continual pretraining: megatron-core GPTDatasets over ``data.paths`` (and ``validation.paths``)."""
-    from megatron_tibetan.data.gpt import build_datasets
-
-    cfg = trainer.cfg
-    seed = cfg.data.seed if cfg.data.seed is not None else cfg.train.seed
-    return build_datasets(cfg, train_samples, valid_samples, seed, trainer.tokenizer)
-
-
-def run(cfg: TrainingConfig, build_data=None) -> dict:
-    trainer = Trainer(cfg, build_data)
+def run(cfg: TrainingConfig) -> dict:
+    trainer = Trainer(cfg)
     try:
         return trainer.train()
     finally:
