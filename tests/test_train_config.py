@@ -13,10 +13,24 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs/cpt/tiny-cpu.yaml"
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs/cpt").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_cpt_config_loads(path):
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_config_loads(path):
     cfg = load_config(path)
-    assert cfg.data.paths and cfg.train.iterations > 0
+    assert cfg.data.paths and (cfg.train.iterations or cfg.train.epochs)
+    assert cfg.data.kind == path.parent.name.replace("cpt", "gpt")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.epochs=2"], "train.epochs needs data.kind sft"),
+    (["data.kind=sft", "data.paths=[p]", "batch.micro_batch_size=1", "batch.global_batch_size=8", "train.epochs=2"],
+     "set one of train.epochs"),
+    (["data.kind=sft", "data.paths=[p]", "train.iterations=5"], "set batch.micro_batch_size=1"),
+    (["data.kind=sft", "data.paths=[p,q]", "batch.micro_batch_size=1"], "takes one PREFIX"),
+    (["train.iterations=null"], "train.iterations is null"),
+])
+def test_sft_settings_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(TINY, overrides)
 
 
 def test_required_override_keys():
