@@ -24,7 +24,7 @@ from megatron_tibetan.data.sft import SFTDataConfig, prepare_sft
 from megatron_tibetan.data.sft_dataset import (
     EpochSamples, SFTDataset, block_causal_mask, packed_seq_params, split_prefix, trim_padding,
 )
-from megatron_tibetan.data.sft_pack import bucketed_order, first_fit_decreasing, packing_efficiency
+from megatron_tibetan.data.sft_pack import first_fit_decreasing, packing_efficiency
 from megatron_tibetan.text import normalize
 from megatron_tibetan.text.readers import InputError, read_lines
 
