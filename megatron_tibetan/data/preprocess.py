@@ -3,9 +3,9 @@
 The pipeline, per chunk of about ``chunk_bytes`` of input:
 
     main process: read + decompress -> chunk ──► worker pool (ordered): decode, normalise, filter,
-    tokenise (the Rust ``tokenizers`` library behind the pre-token cache of
-    :mod:`megatron_tibetan.data.encode`: the same ids, about 3x less work on Tibetan), pack the tokens
-    into one numpy array ◄── main process: drop exact duplicates, write through megatron-core's
+    tokenise (the encoder that :func:`megatron_tibetan.data.encode.select_encoder` chose at start-up:
+    gigatoken, the pre-token cache or the tokenizer itself, always the tokenizer's own ids), pack the
+    tokens into one numpy array ◄── main process: drop exact duplicates, write through megatron-core's
     IndexedDatasetBuilder
 
 Chunks are consumed in submission order, so the output does not depend on ``workers``. At most
@@ -30,7 +30,7 @@ from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from megatron_tibetan.data.encode import make_encoder
+from megatron_tibetan.data.encode import build_encoder, select_encoder
 from megatron_tibetan.data.indexed import DocumentWriter, dataset_prefix, token_dtype
 from megatron_tibetan.text.filters import DROP_REASONS, DuplicateFilter, FilterConfig, check_text, text_digest
 from megatron_tibetan.text.normalize import normalize
@@ -62,6 +62,7 @@ class _WorkerSpec(NamedTuple):
     normalize: bool
     filters: FilterConfig
     eod_id: int | None  # appended to every document when set
+    encoder: str  # chosen once by select_encoder in the main process
 
 
 class _Chunk(NamedTuple):
@@ -69,7 +70,7 @@ class _Chunk(NamedTuple):
     per-document filters; duplicates are decided in the main process, which sees every document."""
 
     documents: int
-    encoder: str  # "piece-cache" or "encode_batch" (megatron_tibetan.data.encode)
+    encoder: str  # "gigatoken", "piece-cache" or "encode_batch" (megatron_tibetan.data.encode)
     raw_bytes: int
     dropped: dict[str, int]
     invalid_utf8: list[str]
@@ -87,7 +88,7 @@ def _init_worker(spec: _WorkerSpec) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker
     from tokenizers import Tokenizer
 
-    _WORKER["encoder"] = make_encoder(Tokenizer.from_str(spec.tokenizer_json))
+    _WORKER["encoder"] = build_encoder(Tokenizer.from_str(spec.tokenizer_json), spec.encoder)
     _WORKER["spec"] = spec
 
 
@@ -132,13 +133,23 @@ def _encode_chunk(docs: list[RawDocument], dtype: str) -> _Chunk:
 def _tokenize(texts: list[str], eod_id: int | None, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     """Token counts and the concatenated tokens of ``texts`` (special tokens as the tokenizer adds them,
     like ``tokenizer(text).input_ids``; then eod)."""
-    ids = _WORKER["encoder"].encode_batch(texts)
+    lengths, tokens = _WORKER["encoder"].encode(texts)
     if eod_id is not None:
-        for x in ids:
-            x.append(eod_id)
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
-    return lengths, flat
+        tokens = np.insert(tokens, np.cumsum(lengths), eod_id)
+        lengths = lengths + 1
+    return lengths, tokens.astype(dtype)
+
+
+def _sample_texts(docs: list[RawDocument], config: PreprocessConfig, limit: int = 200) -> list[str]:
+    """Texts of the first documents, as the workers will tokenise them, for the encoder's start-up check."""
+    texts = []
+    for doc in docs[:limit]:
+        try:
+            decoded = decode_document(doc, config.json_keys)
+        except (UnicodeDecodeError, InputError):  # reported by the workers with file:line
+            continue
+        texts += [normalize(t, keep_newlines="\n" in t) if config.normalize else t for t in decoded]
+    return texts
 
 
 def _chunks(docs: Iterable[RawDocument], chunk_bytes: int) -> Iterator[list[RawDocument]]:
@@ -162,6 +173,7 @@ class _Totals:
         self.invalid_utf8: list[str] = []
         self.tokens = dict.fromkeys(keys, 0)
         self.encoder = None
+        self.encoder_reason = None
 
 
 def _write_chunk(chunk: _Chunk, writers: dict, dedup: DuplicateFilter | None, totals: _Totals) -> None:
@@ -211,11 +223,16 @@ def preprocess(config: PreprocessConfig, tokenizer=None) -> dict:
     eod_id = tokenizer.eos_token_id if config.append_eod else None
     if config.append_eod and eod_id is None:
         raise ValueError(f"tokenizer '{config.tokenizer}' has no eos token to append as eod")
-    spec = _WorkerSpec(tokenizer.backend_tokenizer.to_str(), config.json_keys, config.normalize, config.filters, eod_id)
     dedup = DuplicateFilter(config.filters.dedup_memory_mb) if config.filters.dedup else None
     totals = _Totals(config.json_keys)
     docs = itertools.chain.from_iterable(read_documents(p, config.paragraphs) for p in paths)
     chunks = _chunks(itertools.islice(docs, config.limit), config.chunk_bytes)
+    first = next(chunks, None)
+    chunks = itertools.chain([first] if first else [], chunks)
+    encoder = select_encoder(tokenizer.backend_tokenizer, _sample_texts(first or [], config))
+    totals.encoder_reason = encoder.reason
+    spec = _WorkerSpec(tokenizer.backend_tokenizer.to_str(), config.json_keys, config.normalize, config.filters,
+                       eod_id, encoder.name)
     prefixes = {key: dataset_prefix(config.output_prefix, key) for key in config.json_keys}
     progress = tqdm(desc="preprocess", unit="B", unit_scale=True, unit_divisor=1000, mininterval=1.0,
                     disable=not config.progress, file=sys.stderr)
@@ -282,6 +299,7 @@ def _stats(config, totals: _Totals, tokenizer, dtype, eod_id, dedup, prefixes, s
         "limit": config.limit,
         "workers": config.workers,
         "encoder": totals.encoder,
+        "encoder_reason": totals.encoder_reason,
         "documents_in": totals.documents_in,
         "documents_out": totals.documents_out,
         "dropped": totals.dropped,
