@@ -46,9 +46,9 @@ from megatron_tibetan.tokenizer.sentencepiece_model import (
 PIECE_TYPES = ("bpe", "unigram")
 DEFAULT_PIECE_TYPE = "bpe"
 _TIBETAN = re.compile("[\u0f00-\u0fff]")
-# train more pieces than asked: non-Tibetan and base pieces are left out, and about 45% of unigram pieces
-# are no join of two known pieces (measured on Nanhai), which BPE encoding cannot produce
-_OVERSAMPLE = {"bpe": 1.1, "unigram": 2.0}
+# train more pieces than asked: non-Tibetan and base pieces are left out, and more than half of the unigram
+# pieces are no join of two known pieces (measured on Nanhai + Kangyur), which BPE encoding cannot produce
+_OVERSAMPLE = {"bpe": 1.1, "unigram": 2.5}
 # SentencePiece's built-in normalisation rules; a base with its own rule table trains with "identity"
 _BUILTIN_RULES = ("identity", "nfkc", "nmt_nfkc", "nfkc_cf", "nmt_nfkc_cf")
 
@@ -223,23 +223,32 @@ def learn_sentencepiece_extension(base_spec: str, corpus: list[str | Path], num_
                                   max_lines_per_file: int | None | list[int | None] = None,
                                   piece_type: str = DEFAULT_PIECE_TYPE, threads: int = 1):
     """(base tokenizer, base ModelProto, Tibetan ModelProto, info) from a corpus; ``info`` has the corpus
-    statistics, time and memory. Pick the pieces with :func:`select_new_pieces`."""
+    statistics, time and memory. Pick the pieces with :func:`select_new_pieces`. Unigram pieces are trained
+    again on a larger vocabulary when too few of them are reachable, unless the corpus gave no more."""
     start = time.perf_counter()
     limits = line_limits(corpus, max_lines_per_file)
     base, base_proto, _ = sentencepiece_base(base_spec)
-    stats = Counter()
     if piece_type not in PIECE_TYPES:
         raise ValueError(f"piece type {piece_type!r}, expected one of {', '.join(PIECE_TYPES)}")
     vocab_size = int(num_new_tokens * _OVERSAMPLE[piece_type]) + 64
-    try:
-        tibetan = train_tibetan_model(training_lines(corpus, limits, stats), vocab_size, piece_type, base_proto, threads)
-    except RuntimeError as error:
-        if stats["tibetan_lines"]:
-            raise
-        raise ValueError(f"corpus {', '.join(map(str, corpus))}: no Tibetan text in {stats['lines']} lines "
-                         f"({stats['lines_without_tibetan']} lines without Tibetan, {stats['empty_lines']} empty)") from error
-    if not stats["tibetan_lines"]:  # the trainer may accept an empty input
-        raise ValueError(f"corpus {', '.join(map(str, corpus))}: no Tibetan text in {stats['lines']} lines")
+    while True:
+        stats = Counter()
+        try:
+            tibetan = train_tibetan_model(training_lines(corpus, limits, stats), vocab_size, piece_type, base_proto,
+                                          threads)
+        except RuntimeError as error:
+            if stats["tibetan_lines"]:
+                raise
+            raise ValueError(f"corpus {', '.join(map(str, corpus))}: no Tibetan text in {stats['lines']} lines "
+                             f"({stats['lines_without_tibetan']} without Tibetan, {stats['empty_lines']} empty)") from error
+        if not stats["tibetan_lines"]:  # the trainer may accept an empty input
+            raise ValueError(f"corpus {', '.join(map(str, corpus))}: no Tibetan text in {stats['lines']} lines")
+        found = len(select_new_pieces(base_proto, tibetan, num_new_tokens)[0])
+        if found >= num_new_tokens or len(tibetan.pieces) < vocab_size:  # enough, or all the corpus holds
+            break
+        print(f"[extend] {found} of {len(tibetan.pieces)} {piece_type} pieces usable, {num_new_tokens} asked: "
+              "training again on a larger vocabulary")
+        vocab_size = int(vocab_size * num_new_tokens / max(found, 1) * 1.1)
     info = {
         "method": f"sentencepiece {piece_type} pieces merged into the base model",
         "piece_type": piece_type,

@@ -61,6 +61,26 @@ def special_tokens(proto) -> dict[str, str]:
     return {key: proto.pieces[i].piece for key, (i, _) in named.items() if 0 <= i < len(proto.pieces)}
 
 
+def train_llama2_like(lines, path: str | Path, vocab_size: int = 32000, threads: int = 1):
+    """Train a SentencePiece model with Llama 2's settings (BPE, byte fallback, digits split, no
+    normalisation, whitespace kept) on ``lines`` and write it to ``path``; returns its ModelProto. A stand-in
+    for a real Llama-2-family tokenizer where none is at hand (fewer pieces when the text has no more)."""
+    import io
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size, hard_vocab_limit=False,
+        model_type="bpe", byte_fallback=True, split_digits=True, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, character_coverage=0.99995,
+        max_sentencepiece_length=16, max_sentence_length=1 << 24, num_threads=threads, minloglevel=2,
+    )
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(model.getvalue())
+    return read_model_proto(path)
+
+
 def hf_tokenizer(proto):
     """A ``transformers`` fast tokenizer for a bare SentencePiece model (no HF config: no BOS is added)."""
     from transformers import PreTrainedTokenizerFast
