@@ -80,13 +80,14 @@ def test_megatron_checkpoint_is_exported_on_the_way(tiny_llama_dir, shared_data,
     import subprocess
     import sys
 
+    from megatron_tibetan import checkpoint_dir
     from megatron_tibetan.evaluation import models
     from megatron_tibetan.evaluation.perplexity import perplexity
 
     mdir = tmp_path / "megatron"
     subprocess.run([sys.executable, str(ROOT / "tools" / "convert_checkpoint.py"), "import", "--hf", str(tiny_llama_dir),
                     "--output", str(mdir)], check=True, cwd=ROOT)
-    assert models.is_megatron_checkpoint(mdir)
+    assert checkpoint_dir.is_checkpoint_dir(mdir)
     model, tok, where = models.load(mdir, export_root=tmp_path / "exports")
     assert where.parent == tmp_path / "exports" and (where / ".complete").exists()
     assert models.hf_model_dir(mdir, tmp_path / "exports") == where  # cached: exported once

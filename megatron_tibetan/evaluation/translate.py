@@ -7,11 +7,10 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
+from megatron_tibetan.data.chat import END_OF_TURN  # those in the vocabulary stop generation
 from megatron_tibetan.data.prompts import translation_prompt
 from megatron_tibetan.text import normalize
 
-# end-of-turn tokens of common chat templates (ChatML, Llama 3, Phi, Gemma); those in the vocabulary stop generation
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 
 
 def prompt(text: str, source: str, target: str = "bo") -> str:

@@ -154,7 +154,7 @@ def build_gpt_model(spec: dict, *, use_te: bool = False, pre_process: bool | Non
     if post_process is None:
         post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
     config = transformer_config(spec, device=device, **config_overrides)
-    return GPTModel(
+    model = GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(use_te, qk_layernorm=config.qk_layernorm),
         vocab_size=spec["padded_vocab_size"],
@@ -170,6 +170,27 @@ def build_gpt_model(spec: dict, *, use_te: bool = False, pre_process: bool | Non
         rope_scaling_factor=rope_scaling_factor(hf) or 8.0,
         vp_stage=vp_stage,
     )
+    if post_process and spec["padded_vocab_size"] > hf["vocab_size"]:
+        mask_padded_vocab(model.output_layer, hf["vocab_size"])
+    return model
+
+
+def mask_padded_vocab(output_layer, vocab_size: int) -> None:
+    """Logits of the rows Megatron pads the vocabulary with (to a multiple of 128) become -inf, so they
+    take no probability: the loss and the logits then equal those of the HF model, which has no such rows,
+    and the padding rows get no gradient. Works on this rank's tensor-parallel shard of the vocabulary."""
+    from megatron.core import parallel_state
+
+    def hook(module, inputs, output):
+        logits, bias = output
+        shard = logits.shape[-1]
+        first_padded = vocab_size - parallel_state.get_tensor_model_parallel_rank() * shard
+        if first_padded >= shard:
+            return output
+        logits[..., max(first_padded, 0):] = float("-inf")  # in place: the matmul's backward does not need it
+        return logits, bias
+
+    output_layer.register_forward_hook(hook)
 
 
 def load_model_spec_dir(root: str | Path) -> dict:

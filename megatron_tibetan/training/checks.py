@@ -119,6 +119,18 @@ def _same_spec(a: str, b: str) -> bool:
     return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
 
 
+def _same_tokenizer(a: str, b: str) -> bool:
+    """The same spec or path, or two specs whose vocabularies are identical (a tokenizer saved elsewhere)."""
+    if _same_spec(a, b):
+        return True
+    from megatron_tibetan.tokenizer.base import load_tokenizer
+
+    try:
+        return load_tokenizer(a).get_vocab() == load_tokenizer(b).get_vocab()
+    except (OSError, ValueError):  # the dataset's tokenizer is not at hand: the names must do
+        return False
+
+
 def check_dataset_tokenizer(cfg, tokenizer) -> None:
     """Refuse a dataset written with another tokenizer: its ``<prefix>_stats.json`` (written by
     tools/preprocess_data.py and tools/prepare_sft.py) names the tokenizer, vocabulary size and eod id."""
@@ -134,7 +146,7 @@ def check_dataset_tokenizer(cfg, tokenizer) -> None:
         theirs = (stats.get("tokenizer"), stats.get("vocab_size"), stats.get("eod_id"))
         ours = (tokenizer.name, tokenizer.vocab_size, tokenizer.eod)
         eod_differs = theirs[2] is not None and theirs[2] != ours[2]  # None: written without --append-eod
-        if theirs[1] != ours[1] or eod_differs or not _same_spec(str(theirs[0]), ours[0]):
+        if theirs[1] != ours[1] or eod_differs or not _same_tokenizer(str(theirs[0]), ours[0]):
             raise ConfigError(
                 f"{prefix} was written with tokenizer {theirs[0]!r} (vocabulary {theirs[1]}, eod {theirs[2]}; {path}) "
                 f"but this run uses {ours[0]!r} (vocabulary {ours[1]}, eod {ours[2]}): rebuild the dataset with this "
