@@ -10,7 +10,7 @@
 # Task I runs tools/preprocess_data.py on line I+1 of the list and writes OUTPUT_DIR/shard_IIIII (the
 # .bin/.idx and _stats.json); --workers defaults to the task's CPUs. One big file is split into shards
 # first, e.g. `xz -dc big.txt.xz | split -l 200000 -d -a 5 --filter='xz -T1 > $FILE.txt.xz' - shards/part_`.
-# Submit from the repository root (or set MEGATRON_TIBETAN_ROOT); PYTHON defaults to `python`.
+# The repository is the one the script was submitted from (or MEGATRON_TIBETAN_ROOT); PYTHON defaults to `python`.
 #SBATCH --job-name=preprocess
 #SBATCH --array=0-0
 #SBATCH --nodes=1
@@ -26,8 +26,12 @@ fail() { echo "[preprocess.sh] error: $*" >&2; exit 2; }
 list=$1 out_dir=$2
 shift 2
 [ -f "$list" ] || fail "input list $list not found (one input file per line; $(pwd) is the working directory)"
-root=${MEGATRON_TIBETAN_ROOT:-${SLURM_SUBMIT_DIR:-$(pwd)}}
-[ -f "$root/tools/preprocess_data.py" ] || fail "$root/tools/preprocess_data.py not found: submit from the repository root or set MEGATRON_TIBETAN_ROOT"
+if [ -n "${SLURM_JOB_ID:-}" ] && [ -z "${MEGATRON_TIBETAN_ROOT:-}" ]; then  # the submitted script's repository
+    submitted=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p' | head -1)
+    MEGATRON_TIBETAN_ROOT=$(cd "$(dirname "${submitted:-$SLURM_SUBMIT_DIR/slurm/x}")/.." 2>/dev/null && pwd)
+fi
+root=${MEGATRON_TIBETAN_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}
+[ -f "$root/tools/preprocess_data.py" ] || fail "$root/tools/preprocess_data.py not found: set MEGATRON_TIBETAN_ROOT to the repository"
 task=${SLURM_ARRAY_TASK_ID:-}
 [ -n "$task" ] || fail "not an array task: submit with sbatch --array=0-<N-1> (N = number of lines of $list)"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_tibetan.config import ConfigError  # noqa: E402
-from megatron_tibetan.launch.submission import STAGES, Resources, submit  # noqa: E402
+from megatron_tibetan.launch.submission import STAGES, Resources, submit, wait  # noqa: E402
 
 
 def minutes(text: str) -> int:
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     print(f"[submit] {a.stage} job {job.job_id}; log {job.paths.stdout}", flush=True)
     if a.wait:
         try:
-            print(f"[submit] result: {job.result()}")
+            print(f"[submit] result: {wait(job)}")
         except Exception as e:  # the job's own error, with its traceback, is in its log
             print(f"submit: error: job {job.job_id} failed: {str(e).strip().splitlines()[-1]} (log {job.paths.stdout})",
                   file=sys.stderr)

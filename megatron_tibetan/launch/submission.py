@@ -28,6 +28,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,6 +166,17 @@ def make_executor(stage: str, resources: Resources) -> submitit.Executor:
         additional_parameters={"requeue": True},  # scontrol requeue needs it where the cluster's JobRequeue is 0
     )
     return executor
+
+
+def wait(job: submitit.Job, poll_s: float = 2.0):
+    """Task 0's result once the job (and any requeued run) has left the queue; raises its error otherwise.
+    Watches ``squeue`` rather than submitit's ``sacct`` calls, which fail on clusters without accounting."""
+    if isinstance(job, submitit.LocalJob):
+        job.wait()
+    else:
+        while subprocess.run(["squeue", "-h", "-j", str(job.job_id)], capture_output=True, text=True).stdout.strip():
+            time.sleep(poll_s)
+    return job.results()[0]  # task 0's (every task must have finished)
 
 
 def submit(stage: str, config: str | None, args: list[str], resources: Resources) -> submitit.Job:
