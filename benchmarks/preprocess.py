@@ -1,24 +1,26 @@
-"""Preprocessing throughput against a baseline measured in the same run.
+"""Preprocessing throughput against baselines measured in the same run, for several tokenizers.
 
-    python benchmarks/preprocess.py --megatron-lm /work/baseline/preprocess_data.py [--mb 100] [--workers 1 2]
+    python benchmarks/preprocess.py [--mb 20] [--workers 2] [--tokenizers qwen2.5 smollm2 runs/tok/qwen2.5-bo32k]
+        [--before /work/ext/before/tools/preprocess_data.py] [--megatron-lm PATH/tools/preprocess_data.py]
 
-The input is the first ``--mb`` MB of ``--corpus`` (Kangyur by default) written once as .jsonl, the
-format Megatron-LM's tool reads. For each worker count the baseline and tools/preprocess_data.py run as
-separate processes on the same file and tokenizer (SmolLM2 by default); ours runs with normalisation
-and filters off so that its output must be token-identical to the baseline's (checked through
-megatron-core's IndexedDataset, and byte for byte). One more run shows the full pipeline (normalise,
-filter, deduplicate), and one on a quarter of the input shows that peak memory does not grow with it.
+The input is the first ``--mb`` MB of ``--corpus`` (Kangyur by default) written once as .jsonl. For each
+tokenizer, each system runs as a separate process on the whole input and on its first quarter:
 
-Baseline: with ``--megatron-lm PATH`` Megatron-LM's own tools/preprocess_data.py, run through
-a runner kept outside this repository (``--megatron-shim``, default ``run_megatron_preprocess.py`` beside
-it): megatron-core 0.16.1 lacks megatron.training and megatron.core.tokenizers.utils, which the script
-imports, so the runner registers those two modules (tokenizer flags; megatron-core's own
-HuggingFaceTokenizer through MegatronTokenizer.from_pretrained) and runs the script unmodified. Without it: the plain
-sequential loop (one transformers call per document, one IndexedDatasetBuilder.add_document each).
+- ``ours``: tools/preprocess_data.py with normalisation and filters off (so that every system must write
+  the same tokens; checked through megatron-core's IndexedDataset), ``--workers`` processes;
+- ``gigatoken`` (where installed and where it loads the tokenizer): what Megatron-LM's
+  tools/preprocess_data_fast.py does, the whole file encoded by ``gigatoken.encode_files`` on all cores
+  and written in one batch;
+- ``before`` (``--before``): tools/preprocess_data.py of an earlier checkout, to measure a change;
+- ``megatron-lm`` (``--megatron-lm``): Megatron-LM's own tools/preprocess_data.py, run unmodified
+  through a runner kept beside its checkout (``--megatron-shim``) that supplies what it imports from
+  the training stack.
 
-Measured per run: wall seconds (start-up included), MB/s and documents/s, CPU seconds of the whole
-process tree, and peak memory (sum of PSS over the process tree, sampled every 0.2 s). Writes
-<out>/preprocess.json and <out>/preprocess.png.
+Measured per run: wall seconds (start-up included), CPU seconds of the process tree, peak memory (sum of
+PSS over the process tree, sampled every 0.2 s). Steady-state MB/s is the difference between the two
+runs, (MB_full - MB_quarter) / (s_full - s_quarter), which removes start-up; the same for CPU seconds.
+Peak memory on the full and quarter input shows whether it grows with the input. ``--repeat`` runs the
+whole set again (the machine may be shared). Writes <out>/preprocess.json and <out>/preprocess.png.
 """
 
 from __future__ import annotations
@@ -58,7 +60,11 @@ def _tree_pss(proc) -> int:
     import psutil
 
     total = 0
-    for p in [proc] + proc.children(recursive=True):
+    try:
+        tree = [proc] + proc.children(recursive=True)
+    except psutil.NoSuchProcess:  # it has just exited
+        return 0
+    for p in tree:
         try:
             total += p.memory_full_info().pss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -93,22 +99,6 @@ def measure(cmd: list[str], log: Path) -> dict:
     return {"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "peak_pss_mb": round(peak[0] / 2**20, 1)}
 
 
-def sequential_baseline(input_path: str, prefix: str, tokenizer_spec: str) -> None:
-    """The plain loop: one transformers call per document, eod appended, one add_document each."""
-    import numpy as np
-    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
-
-    from megatron_tibetan.tokenizer.base import load_tokenizer
-
-    tok = load_tokenizer(tokenizer_spec)
-    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=DType.optimal_dtype(len(tok)))
-    with open(input_path, encoding="utf-8") as f:
-        for line in f:
-            ids = tok(json.loads(line)["text"]).input_ids + [tok.eos_token_id]
-            builder.add_document(np.array(ids), [len(ids)])
-    builder.finalize(prefix + ".idx")
-
-
 def file_digest(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -131,82 +121,124 @@ def same_tokens(prefix_a: str, prefix_b: str) -> dict:
             "tokens": int(a.sequence_lengths.sum())}
 
 
+def gigatoken_baseline(input_path: str, prefix: str, tokenizer_dir: str, append_eod: bool = True) -> None:
+    """Megatron-LM's tools/preprocess_data_fast.py path: gigatoken encodes the whole .jsonl file (all
+    cores), and the documents are written in one batch (eod appended)."""
+    import gigatoken
+    import numpy as np
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+    from transformers import AutoTokenizer
+
+    tokenizer = gigatoken.Tokenizer(tokenizer_dir)
+    documents = tokenizer.encode_files(gigatoken.JsonlFileSource([input_path], field="text"))
+    offsets = np.asarray(documents.layout.offsets.data)
+    tokens = np.asarray(documents.layout.content.data)[offsets[0] : offsets[-1]]
+    lengths = np.diff(offsets)
+    if append_eod:
+        tokens = np.insert(tokens, np.cumsum(lengths), AutoTokenizer.from_pretrained(tokenizer_dir).eos_token_id)
+        lengths = lengths + 1
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=DType.optimal_dtype(tokenizer.vocab_size))
+    builder.data_file.write(tokens.astype(builder.dtype).tobytes(order="C"))
+    builder.sequence_lengths.extend(lengths.tolist())
+    builder.document_indices.extend(range(len(builder.document_indices), len(builder.document_indices) + len(lengths)))
+    builder.finalize(prefix + ".idx")
+
+
+def gigatoken_loads(tokenizer_dir: str) -> str | None:
+    """None if gigatoken loads the tokenizer, else why not."""
+    try:
+        import gigatoken
+
+        gigatoken.Tokenizer(tokenizer_dir)
+        return None
+    except Exception as error:
+        return str(error).strip().splitlines()[0]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--megatron-lm", help="path to Megatron-LM's tools/preprocess_data.py (else the sequential loop)")
+    p.add_argument("--tokenizers", nargs="+", default=["qwen2.5", "smollm2"])
+    p.add_argument("--before", help="tools/preprocess_data.py of an earlier checkout")
+    p.add_argument("--megatron-lm", help="path to Megatron-LM's tools/preprocess_data.py")
     p.add_argument("--megatron-shim", help="runner that supplies what the script imports from megatron.training "
-                   "(default: run_megatron_preprocess.py beside --megatron-lm)")
+                   "(default: run_megatron_preprocess.py beside the Megatron-LM checkout)")
     p.add_argument("--corpus", default=str(ROOT.parent / "shared" / "data" / "mono" / "kangyur.bo.txt.xz"))
-    p.add_argument("--mb", type=float, default=100.0, help="MB of corpus text to process")
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--tokenizer", default="smollm2")
+    p.add_argument("--mb", type=float, default=20.0, help="MB of corpus text to process")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "out" / "bench_preprocess"))
-    p.add_argument("--sequential-baseline", nargs=3, metavar=("INPUT", "PREFIX", "TOKENIZER"), help=argparse.SUPPRESS)
+    p.add_argument("--gigatoken-baseline", nargs=3, metavar=("INPUT", "PREFIX", "TOKENIZER_DIR"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.sequential_baseline:
-        return sequential_baseline(*args.sequential_baseline)
+    if args.gigatoken_baseline:
+        return gigatoken_baseline(*args.gigatoken_baseline)
 
     import warnings
 
     warnings.filterwarnings("ignore")
     from megatron_tibetan.tokenizer.base import resolve_tokenizer_dir
 
-    shim = args.megatron_shim or (args.megatron_lm and str(Path(args.megatron_lm).parent / "run_megatron_preprocess.py"))
-    if args.megatron_lm and not (Path(args.megatron_lm).is_file() and Path(shim).is_file()):
-        sys.exit(f"--megatron-lm {args.megatron_lm} and its runner {shim} must both exist")
+    shim = args.megatron_shim or (args.megatron_lm and str(Path(args.megatron_lm).parents[2] / "run_megatron_preprocess.py"))
+    for path in filter(None, [args.before, args.megatron_lm, shim]):
+        if not Path(path).is_file():
+            sys.exit(f"benchmarks/preprocess.py: error: {path} does not exist")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = out / "input.jsonl"
-    info = make_input(Path(args.corpus), args.mb, data)
-    quarter = out / "input_quarter.jsonl"
-    quarter_info = make_input(Path(args.corpus), args.mb / 4, quarter)
-    mb = info["file_bytes"] / 1e6
-    print(f"[bench] input: {info['documents']} documents, {mb:.1f} MB ({data})", flush=True)
-    tok_dir = str(resolve_tokenizer_dir(args.tokenizer)[0])
+    sizes = {"full": out / "input.jsonl", "quarter": out / "input_quarter.jsonl"}
+    info = {size: make_input(Path(args.corpus), args.mb / (4 if size == "quarter" else 1), path)
+            for size, path in sizes.items()}
+    print(f"[bench] input: {info['full']['documents']} documents, {info['full']['file_bytes'] / 1e6:.1f} MB", flush=True)
     py = sys.executable
-    ours_cmd = [py, "tools/preprocess_data.py", "--tokenizer", args.tokenizer, "--append-eod", "--no-progress"]
-    identity = ["--no-normalize", "--min-chars", "0", "--min-tibetan-ratio", "0", "--no-dedup"]
-    baseline_name = "megatron-lm" if args.megatron_lm else "sequential"
-
-    runs = []
-
-    def run(name: str, workers: int, cmd: list[str], input_mb: float = mb, docs: int = info["documents"]) -> dict:
-        result = {"name": name, "workers": workers, **measure(cmd, out / f"{name}_w{workers}.log")}
-        result["mb_per_s"] = round(input_mb / result["seconds"], 3)
-        result["docs_per_s"] = round(docs / result["seconds"], 1)
-        result["cpu_s_per_mb"] = round(result["cpu_seconds"] / input_mb, 3)
-        runs.append(result)
-        print(f"[bench] {name:>12} workers={workers}: {result['seconds']:7.1f} s  {result['mb_per_s']:6.2f} MB/s  "
-              f"{result['docs_per_s']:7.0f} docs/s  cpu {result['cpu_seconds']:7.1f} s  peak {result['peak_pss_mb']:7.0f} MB",
-              flush=True)
-        return result
-
-    comparisons = []
-    for w in args.workers:
-        base_prefix, ours_prefix = str(out / f"base_w{w}"), str(out / f"ours_w{w}")
-        if args.megatron_lm:
-            cmd = [py, shim, args.megatron_lm, "--input", str(data), "--output-prefix", base_prefix,
-                   "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tok_dir, "--workers", str(w),
-                   "--append-eod", "--log-interval", "100000"]
-        else:
-            cmd = [py, __file__, "--sequential-baseline", str(data), base_prefix + "_text_document", args.tokenizer]
-        base = run(baseline_name, w, cmd)
-        ours = run("ours", w, ours_cmd + identity + ["--input", str(data), "--output-prefix", ours_prefix, "--workers", str(w)])
-        check = same_tokens(base_prefix + "_text_document", ours_prefix + "_text_document")
-        comparisons.append({"workers": w, "speedup": round(base["seconds"] / ours["seconds"], 2),
-                            "cpu_ratio": round(base["cpu_seconds"] / ours["cpu_seconds"], 2), **check})
-        print(f"[bench] workers={w}: ours/baseline throughput x{comparisons[-1]['speedup']}, "
-              f"CPU x{comparisons[-1]['cpu_ratio']}, identical tokens: {check['tokens_identical']}, "
-              f"identical files: {check['files_identical']}", flush=True)
-
-    w = max(args.workers)
-    run("ours_full", w, ours_cmd + ["--input", str(data), "--output-prefix", str(out / "full"), "--workers", str(w)])
-    quarter_mb = quarter.stat().st_size / 1e6
-    run("ours_quarter", w, ours_cmd + identity + ["--input", str(quarter), "--output-prefix", str(out / "quarter"),
-                                                   "--workers", str(w)], input_mb=quarter_mb, docs=quarter_info["documents"])
-    result = {"input": {**info, "corpus": args.corpus, "tokenizer": args.tokenizer}, "baseline": baseline_name,
-              "baseline_path": args.megatron_lm, "cpus": os.cpu_count(), "load_average": os.getloadavg(),
-              "runs": runs, "comparisons": comparisons}
+    identity = ["--no-normalize", "--min-chars", "0", "--min-tibetan-ratio", "0", "--no-dedup", "--append-eod",
+                "--no-progress", "--workers", str(args.workers)]
+    runs, summary = [], []
+    for repeat in range(args.repeat):
+        for spec in args.tokenizers:
+            tok_dir = str(resolve_tokenizer_dir(spec)[0])
+            systems = {"ours": lambda i, o: [py, "tools/preprocess_data.py", "--tokenizer", spec, "--input", i,
+                                            "--output-prefix", o, *identity]}
+            refused = gigatoken_loads(tok_dir)
+            if refused is None:
+                systems["gigatoken"] = lambda i, o: [py, __file__, "--gigatoken-baseline", i, o + "_text_document", tok_dir]
+            if args.before:
+                systems["before"] = lambda i, o: [py, args.before, "--tokenizer", spec, "--input", i, "--output-prefix", o, *identity]
+            if args.megatron_lm:
+                systems["megatron-lm"] = lambda i, o: [py, shim, args.megatron_lm, "--input", i, "--output-prefix", o,
+                                                       "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tok_dir,
+                                                       "--workers", str(args.workers), "--append-eod", "--log-interval", "100000"]
+            name = Path(spec).name
+            measured = {}
+            for system, command in systems.items():
+                for size, path in sizes.items():
+                    prefix = str(out / f"{name}_{system}_{size}")
+                    result = measure(command(str(path), prefix), out / f"{name}_{system}_{size}.log")
+                    mb = info[size]["text_bytes"] / 1e6
+                    result.update(tokenizer=spec, system=system, size=size, repeat=repeat, mb=round(mb, 2),
+                                  mb_per_s=round(mb / result["seconds"], 3))
+                    runs.append(result)
+                    measured[system, size] = result
+                    print(f"[bench] {name:>16} {system:>11} {size:>7}: {result['seconds']:7.1f} s  {result['mb_per_s']:6.2f} MB/s  "
+                          f"cpu {result['cpu_seconds']:7.1f} s  peak {result['peak_pss_mb']:7.0f} MB", flush=True)
+            for system in systems:
+                full, quarter = measured[system, "full"], measured[system, "quarter"]
+                mb = full["mb"] - quarter["mb"]
+                row = {"tokenizer": spec, "system": system, "repeat": repeat, "wall_mb_per_s": full["mb_per_s"],
+                       "steady_mb_per_s": round(mb / max(full["seconds"] - quarter["seconds"], 1e-3), 2),
+                       "steady_cpu_s_per_mb": round((full["cpu_seconds"] - quarter["cpu_seconds"]) / mb, 3),
+                       "cpu_seconds": full["cpu_seconds"], "peak_pss_mb": full["peak_pss_mb"],
+                       "peak_pss_mb_quarter": quarter["peak_pss_mb"]}
+                if system != "ours":
+                    row.update(same_tokens(str(out / f"{name}_{system}_full_text_document"), str(out / f"{name}_ours_full_text_document")))
+                summary.append(row)
+                print(f"[bench] {name:>16} {system:>11}: steady {row['steady_mb_per_s']:6.2f} MB/s "
+                      f"({row['steady_cpu_s_per_mb']:.3f} CPU-s/MB), wall {row['wall_mb_per_s']:.2f} MB/s, peak "
+                      f"{row['peak_pss_mb_quarter']:.0f} -> {row['peak_pss_mb']:.0f} MB"
+                      + (f", identical tokens: {row['tokens_identical']}" if "tokens_identical" in row else ""), flush=True)
+            if refused:
+                print(f"[bench] {name}: gigatoken refuses the tokenizer: {refused}", flush=True)
+    stats = {spec: json.loads((out / f"{Path(spec).name}_ours_full_stats.json").read_text()) for spec in args.tokenizers}
+    result = {"input": {**info["full"], "corpus": args.corpus}, "workers": args.workers, "cpus": os.cpu_count(),
+              "load_average": os.getloadavg(), "runs": runs, "summary": summary,
+              "encoders": {spec: {"encoder": s["encoder"], "reason": s["encoder_reason"]} for spec, s in stats.items()}}
     (out / "preprocess.json").write_text(json.dumps(result, indent=2))
     plot(result, out / "preprocess.png")
     print(f"[bench] wrote {out / 'preprocess.json'} and {out / 'preprocess.png'}")
@@ -218,14 +250,27 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [r for r in result["runs"] if r["name"] != "ours_quarter"]
-    labels = [f"{r['name']}\nw={r['workers']}" for r in runs]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    axes[0].bar(labels, [r["mb_per_s"] for r in runs], color=["#999" if r["name"] == result["baseline"] else "#36c" for r in runs])
-    axes[0].set_ylabel("MB/s (wall, start-up included)")
-    axes[1].bar(labels, [r["peak_pss_mb"] for r in runs], color="#c63")
-    axes[1].set_ylabel("peak memory, MB (PSS of process tree)")
-    fig.suptitle(f"preprocessing {result['input']['file_bytes'] / 1e6:.0f} MB of Tibetan, tokenizer {result['input']['tokenizer']}")
+    rows = result["summary"]
+    tokenizers = list(dict.fromkeys(r["tokenizer"] for r in rows))
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / len(systems)
+    for k, system in enumerate(systems):
+        for t, spec in enumerate(tokenizers):
+            mine = [r for r in rows if r["system"] == system and r["tokenizer"] == spec]
+            if not mine:
+                continue
+            x = t + k * width
+            speeds = [r["steady_mb_per_s"] for r in mine]
+            axes[0].bar(x, sum(speeds) / len(speeds), width, color=f"C{k}", label=system if t == 0 else None)
+            axes[0].plot([x] * len(speeds), speeds, "k.", markersize=4)
+            axes[1].bar(x, max(r["peak_pss_mb"] for r in mine), width, color=f"C{k}")
+            axes[1].plot(x, max(r["peak_pss_mb_quarter"] for r in mine), "kv", markersize=5)
+    for ax, label in zip(axes, ["MB/s, steady state (dots: each repeat)", "peak memory MB, PSS (triangle: quarter input)"]):
+        ax.set_xticks([t + 0.4 - width / 2 for t in range(len(tokenizers))], [Path(s).name for s in tokenizers])
+        ax.set_ylabel(label)
+    axes[0].legend()
+    fig.suptitle(f"preprocessing {result['input']['text_bytes'] / 1e6:.0f} MB of Tibetan, {result['workers']} workers")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
