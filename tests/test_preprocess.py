@@ -82,6 +82,7 @@ def test_round_trip_counts_and_stats(eod_run, nanhai, tokenizer):
     assert stats["bytes_out"] == sum(len(t.encode()) for t in expected)
     on_disk = json.loads(Path(config.output_prefix + "_stats.json").read_text())
     assert on_disk["documents_out"] == len(expected) and on_disk["eod_id"] == eod
+    assert on_disk["encoder"] == "piece-cache" and "piece-cache: ids equal the tokenizer's" in on_disk["encoder_reason"]
 
 
 def test_two_workers_write_identical_files(eod_run, tmp_path, tokenizer):
@@ -130,6 +131,9 @@ def test_qwen_vocabulary_is_written_as_int32(tmp_path, nanhai):
     dataset, documents = _read(stats["datasets"]["text"])
     assert dataset.index.dtype == np.int32 and stats["dtype"] == "int32"
     assert max(map(max, documents)) > 65535 and documents[0][-1] == stats["eod_id"] == 151643
+    import importlib.util
+
+    assert stats["encoder"] == ("gigatoken" if importlib.util.find_spec("gigatoken") else "piece-cache")
 
 
 def _no_output_left(tmp_path):
