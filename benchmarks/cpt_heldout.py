@@ -1,17 +1,20 @@
-"""Held-out Tibetan loss before and after a CPT run, checked outside the training loop.
+"""Held-out Tibetan loss after CPT runs, checked outside the training loop; several runs compare side by side.
 
-Reads the run's ``metrics.jsonl`` (train loss, validation loss on FLORES dev as the loop measured it), exports
-the run's last checkpoint to HF with ``tools/convert_checkpoint.py export``, and scores the base and the
-adapted model with ``megatron_tibetan.evaluation.perplexity`` (transformers, whole documents: perplexity and
-bits per byte) on the first N FLORES-200 dev bo lines. Writes OUTPUT.json and OUTPUT.png (loss curves).
+For each run (``--run [NAME=]DIR``, a run's ``logging.dir``) it reads ``metrics.jsonl`` (train loss, validation
+loss on FLORES dev as the loop measured it, step times), exports the run's last checkpoint to HF with
+``tools/convert_checkpoint.py export``, and scores it, and the base model once, with
+``megatron_tibetan.evaluation.perplexity`` (transformers, whole documents: perplexity and bits per byte) on
+the first N FLORES-200 dev bo lines. Writes OUTPUT.json and OUTPUT.png (loss curves of every run).
 
     python benchmarks/cpt_heldout.py --run runs/cpt/smollm2-135m --base smollm2 --output runs/bench/cpt_smollm2
+    python benchmarks/cpt_heldout.py --run before=runs/cpt/a --run after=runs/cpt/b --output runs/bench/cpt_compare
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -33,40 +36,57 @@ def score(model_dir: str, tokenizer_spec: str, texts: list[str]) -> dict:
             "bits_per_byte": result.bits_per_byte, "tokens": result.tokens, "documents": result.documents}
 
 
+def run_report(run: Path, checkpoints: Path, output: str, name: str, tokenizer_texts: list[str]) -> dict:
+    """What the loop logged for one run, and its exported checkpoint scored by transformers."""
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    train = [r for r in rows if r["split"] == "train"]
+    valid = [r for r in rows if r["split"] == "valid"]
+    exported = Path(f"{output}_{name}_hf")
+    subprocess.run([sys.executable, str(ROOT / "tools/convert_checkpoint.py"), "export", "--megatron",
+                    str(checkpoints), "--output", str(exported)], check=True)
+    step_times = [r["step_time_s"] for r in train if "step_time_s" in r]
+    return {
+        "run": str(run),
+        "steps": train[-1]["step"] if train else 0,
+        "samples_trained": train[-1]["consumed_samples"] if train else 0,
+        "train_loss_first_last": [train[0]["loss"], train[-1]["loss"]] if train else None,
+        "train_losses": [r["loss"] for r in train],
+        "loop_validation": [{"step": r["step"], "loss": r["loss"], "ppl": r["ppl"], "tokens": r["tokens"]} for r in valid],
+        "train_seconds": sum(step_times),
+        "median_step_seconds": statistics.median(step_times) if step_times else None,
+        "transformers_adapted": score(str(exported), str(exported), tokenizer_texts),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", default="runs/cpt/smollm2-135m", help="the run's logging.dir (metrics.jsonl, checkpoints/)")
-    parser.add_argument("--checkpoints", default=None, help="checkpoint.dir (default RUN/checkpoints)")
+    parser.add_argument("--run", action="append", default=None,
+                        help="[NAME=]DIR: a run's logging.dir (metrics.jsonl; checkpoints in DIR/checkpoints); repeatable")
+    parser.add_argument("--checkpoints", default=None, help="checkpoint.dir of a single run (default RUN/checkpoints)")
     parser.add_argument("--base", default="smollm2", help="the base model: HF dir or the preset smollm2")
     parser.add_argument("--flores", default=str(ROOT.parent / "shared/data/eval/flores200.dev.bo"))
     parser.add_argument("--lines", type=int, default=200)
     parser.add_argument("--output", default="runs/bench/cpt_smollm2")
     args = parser.parse_args()
+    runs = args.run or ["runs/cpt/smollm2-135m"]
+    named = [r.split("=", 1) if "=" in r else [Path(r).name, r] for r in runs]
+    if args.checkpoints and len(named) > 1:
+        parser.error("--checkpoints names the checkpoint folder of a single --run")
+    for _, directory in named:
+        if not (Path(directory) / "metrics.jsonl").is_file():
+            parser.error(f"{directory}: no metrics.jsonl (is it a run's logging.dir?)")
 
     from megatron_tibetan import presets
 
-    run = Path(args.run)
-    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
-    train = [r for r in rows if r["split"] == "train"]
-    valid = [r for r in rows if r["split"] == "valid"]
-    exported = Path(args.output + "_hf")
-    subprocess.run([sys.executable, str(ROOT / "tools/convert_checkpoint.py"), "export", "--megatron",
-                    args.checkpoints or str(run / "checkpoints"), "--output", str(exported)], check=True)
     texts = [line.rstrip("\n") for _, line in zip(range(args.lines), open(args.flores, encoding="utf-8"))]
     base_dir = str(presets.smollm2_hf_dir()) if args.base == "smollm2" else args.base
-    report = {
-        "run": str(run),
-        "steps": train[-1]["step"] if train else 0,
-        "samples_trained": train[-1]["consumed_samples"] if train else 0,
-        "train_loss_first_last": [train[0]["loss"], train[-1]["loss"]] if train else None,
-        "loop_validation": [{"step": r["step"], "loss": r["loss"], "ppl": r["ppl"], "tokens": r["tokens"]} for r in valid],
-        "train_seconds": sum(r.get("step_time_s", 0.0) for r in train),
-        "flores_dev_lines": len(texts),
-        "transformers_base": score(base_dir, base_dir, texts),
-        "transformers_adapted": score(str(exported), str(exported), texts),
-    }
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"flores_dev_lines": len(texts), "transformers_base": score(base_dir, base_dir, texts), "runs": {}}
+    for name, directory in named:
+        run = Path(directory)
+        checkpoints = Path(args.checkpoints) if args.checkpoints else run / "checkpoints"
+        report["runs"][name] = run_report(run, checkpoints, args.output, name, texts)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1))
 
     import matplotlib
@@ -75,15 +95,21 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (Nanhai)")
-    ax.plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-", label="held-out loss (FLORES dev bo)")
+    for name, r in report["runs"].items():
+        line, = ax.plot(range(1, len(r["train_losses"]) + 1), r["train_losses"], label=f"{name}: train loss (Nanhai)")
+        ax.plot([v["step"] for v in r["loop_validation"]], [v["loss"] for v in r["loop_validation"]], "o--",
+                color=line.get_color(), label=f"{name}: held-out loss (FLORES dev bo)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss per token")
-    ax.legend()
+    ax.legend(fontsize=7)
     ax.set_title(f"CPT of {args.base} on Tibetan, CPU")
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=120)
-    print(json.dumps({k: v for k, v in report.items() if k != "loop_validation"}, indent=1))
+    for name, r in report["runs"].items():
+        valid = ", ".join(f"step {v['step']}: {v['loss']:.4f}" for v in r["loop_validation"])
+        print(f"{name}: {r['steps']} steps in {r['train_seconds']:.0f} s (median step {r['median_step_seconds']:.1f} s); "
+              f"held-out loss in the loop {valid}; transformers on {len(texts)} FLORES dev lines: "
+              f"{r['transformers_adapted']['nll_per_token']:.4f} per token (base {report['transformers_base']['nll_per_token']:.4f})")
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
 
 

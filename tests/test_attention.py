@@ -254,3 +254,19 @@ def test_spec_and_errors(parallel):
         attention(q.unsqueeze(1), k.unsqueeze(1), k.unsqueeze(1), torch.zeros(1, 1, 6, 6))
     with pytest.raises(ValueError, match="attention_bias"):
         attention(q.unsqueeze(1), k.unsqueeze(1), k.unsqueeze(1), None, attention_bias=torch.zeros(1))
+
+
+def test_bfloat16_close_to_unfused(work, parallel):
+    """bf16 weights and activations (the GPU recipe): SDPA and the unfused path (softmax in fp32) agree to
+    bf16 precision, for unpacked and packed rows."""
+    hf_model, spec = cases.load_hf(work, "qwen2")
+    ids, labels = cases.inputs(spec["hf_config"]["vocab_size"])
+    bf16 = dict(bf16=True, params_dtype=torch.bfloat16, pipeline_dtype=torch.bfloat16)
+    runs = {a: cases.megatron_run(cases.build(spec, hf_model, a, **bf16), ids, labels) for a in ("sdpa", "unfused")}
+    assert runs["sdpa"][0].dtype == torch.bfloat16
+    assert cases.relative_error(runs["sdpa"][0], runs["unfused"][0]) <= 3e-2
+    assert cases.relative_error(runs["sdpa"][1], runs["unfused"][1]) <= 3e-2
+    row, row_labels = ids[:1, : sum(cases.PACK)], labels[:1, : sum(cases.PACK)]
+    packed, _ = cases.megatron_run(cases.build(spec, hf_model, "sdpa", **bf16), row, row_labels, cases.PACK)
+    ref_logits, _, _ = cases.hf_run_each(hf_model, row, row_labels, cases.PACK)
+    assert cases.relative_error(packed[..., : ref_logits.shape[-1]], ref_logits) <= 3e-2
