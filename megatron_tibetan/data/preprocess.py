@@ -233,6 +233,7 @@ def preprocess(config: PreprocessConfig, tokenizer=None) -> dict:
     totals.encoder_reason = encoder.reason
     spec = _WorkerSpec(tokenizer.backend_tokenizer.to_str(), config.json_keys, config.normalize, config.filters,
                        eod_id, encoder.name)
+    del encoder  # the workers build their own; this copy would only be carried into every fork
     prefixes = {key: dataset_prefix(config.output_prefix, key) for key in config.json_keys}
     progress = tqdm(desc="preprocess", unit="B", unit_scale=True, unit_divisor=1000, mininterval=1.0,
                     disable=not config.progress, file=sys.stderr)
