@@ -57,18 +57,22 @@ def sbatch(*args: str, cwd: Path) -> str:
 
 
 def job_info(job_id: str) -> dict:
-    """scontrol's record of a job (kept for MinJobAge, 300 s, after it ends): JobState, ExitCode, Restarts..."""
+    """scontrol's record of a job (kept for MinJobAge, 300 s, after it ends): JobState, ExitCode, Restarts...;
+    empty when scontrol does not answer (it times out on a very busy machine)."""
     out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
     return dict(re.findall(r"(\w+)=(\S*)", out))
 
 
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
+
+
 def wait_gone(job_id: str, timeout: float = TIMEOUT) -> dict:
-    """Wait until the job (and any requeued run) has left the queue; its final record (array: every task's)."""
+    """Wait until the job (through any requeue) has ended; its final record."""
     deadline = time.time() + timeout
-    while subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True).stdout.strip():
-        assert time.time() < deadline and not ABORT.is_set(), f"job {job_id} still queued after {timeout} s"
+    while (info := job_info(job_id)).get("JobState") not in FINAL:
+        assert time.time() < deadline and not ABORT.is_set(), f"job {job_id} not ended after {timeout} s: {info}"
         time.sleep(1)
-    return job_info(job_id)
+    return info
 
 
 def wait_for(path: Path, pattern: str, timeout: float = TIMEOUT) -> re.Match:
@@ -135,6 +139,29 @@ def evaluation(work: Path, after: Future, flores: Path) -> dict:
                  str(ROOT / "slurm/eval.sh"),
                  f"--model=tiny={work / 'reference' / 'ckpt'}", "--ppl", str(flores), "--limit", "4",
                  "--output", str(work / "eval"), cwd=work)
+    return {"id": job, "info": wait_gone(job)}
+
+
+def fine_tuning(work: Path, after: Future, parallel: Path) -> dict:
+    """SFT (the same entry point, configs/sft/tiny-cpu.yaml) from the reference job's CPT checkpoint, on 120
+    NTREX zh-bo pairs prepared here."""
+    pairs = work / "sft_pairs"
+    pairs.mkdir()
+    for lang in ("zh", "bo"):
+        with lzma.open(parallel / f"ntrex128.{lang}.xz", "rt", encoding="utf-8") as f:
+            (pairs / f"ntrex.{lang}").write_text("".join(line for _, line in zip(range(120), f)), encoding="utf-8")
+    done = subprocess.run([sys.executable, str(ROOT / "tools/prepare_sft.py"), "--pairs",
+                           f"zh={pairs / 'ntrex.zh'},{pairs / 'ntrex.bo'}", "--tokenizer", "smollm2", "--output",
+                           str(work / "sft_data"), "--valid-fraction", "0.1", "--max-length", "512", "--no-progress"],
+                          env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = work / "sft"
+    job = sbatch(*CPU, f"--dependency=afterok:{after.result(timeout=TIMEOUT)}", "--kill-on-invalid-dep=yes",
+                 str(ROOT / "slurm/sft.sh"), str(ROOT / "configs/sft/tiny-cpu.yaml"), f"data.paths=[{work / 'sft_data'}]",
+                 f"checkpoint.load={work / 'reference' / 'ckpt'}", f"checkpoint.dir={run}/ckpt", f"logging.dir={run}",
+                 "train.epochs=null", "train.iterations=3", "batch.global_batch_size=2", "checkpoint.save_interval=null",
+                 "logging.interval=1", "logging.progress=false", "logging.tensorboard=false", "validation.interval=null",
+                 cwd=work)
     return {"id": job, "info": wait_gone(job)}
 
 
@@ -225,6 +252,7 @@ NEEDS = {
     "test_preempted_by_usr1_then_requeued_by_the_scheduler_resumes_on_the_same_losses": ["reference", "preempted"],
     "test_two_ranks_tensor_parallel_give_the_single_process_losses": ["reference", "tp2"],
     "test_eval_job_scores_the_trained_checkpoint": ["reference", "eval"],
+    "test_sft_job_fine_tunes_the_cpt_checkpoint": ["reference", "sft"],
     "test_submitit_job_preempted_by_its_signal_resumes": ["reference", "submitit"],
     "test_submitit_local_executor": ["reference", "local"],
     "test_bad_input_fails_fast_with_a_clear_message": ["bad"],
@@ -236,13 +264,14 @@ NEEDS = {
 def jobs(request, work, shared_data):
     data = work / "data" / "nanhai_text_document"
     selected = {item.originalname for item in request.session.items if item.module is request.module}
-    needed = {name for test in selected for name in NEEDS[test]}
+    needed = {name for test in selected for name in NEEDS.get(test, ())}
     reference_id = Future()  # the evaluation job waits for the reference job (a Slurm dependency)
     scenarios = {  # the slowest (requeues) first
         "preempted": (preempted, work, data),
         "submitit": (submitit_preempted, work, data),
         "reference": (reference, work, data, reference_id),
         "eval": (evaluation, work, reference_id, shared_data / "eval" / "flores200.dev.bo"),
+        "sft": (fine_tuning, work, reference_id, shared_data / "parallel"),
         "tp2": (tensor_parallel, work, data),
         "bad": (bad_inputs, work, data),
         "preprocess": (preprocess_array, work, shared_data / "mono" / "nanhai.bo.txt.xz"),
@@ -310,6 +339,17 @@ def test_eval_job_scores_the_trained_checkpoint(jobs, work):
     scores = metrics["models"]["tiny"]["flores200.dev.bo"]
     # 20 steps from scratch: far better than uniform over SmolLM2's 49,152 ids, far from good
     assert 50 < scores["perplexity"] < 49152 and math.isfinite(scores["bits_per_byte"])
+
+
+def test_sft_job_fine_tunes_the_cpt_checkpoint(jobs, work):
+    job = result(jobs, "sft")
+    assert job["info"]["JobState"] == "COMPLETED", job["info"]
+    log = run_log(work, "sft", job["id"], 0).read_text()
+    assert f"start at iteration 0 from {work / 'reference' / 'ckpt'}/iter_{N:07d}" in log and "[sft.sh] finished" in log
+    assert (work / "sft" / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+    sft, cpt = losses(work / "sft"), losses(work / "reference")
+    assert [s for s, _ in sft] == [1, 2, 3]
+    assert sft[0][1] < cpt[0][1] - 1.0  # it starts from the trained weights, not from a random model
 
 
 def test_submitit_job_preempted_by_its_signal_resumes(jobs, work):

@@ -174,7 +174,10 @@ def wait(job: submitit.Job, poll_s: float = 2.0):
     if isinstance(job, submitit.LocalJob):
         job.wait()
     else:
-        while subprocess.run(["squeue", "-h", "-j", str(job.job_id)], capture_output=True, text=True).stdout.strip():
+        while True:  # squeue lists the job while it runs, is pending or requeued; an error (busy) is not an answer
+            queued = subprocess.run(["squeue", "-h", "-j", str(job.job_id)], capture_output=True, text=True)
+            if (queued.returncode == 0 and not queued.stdout.strip()) or "Invalid job id" in queued.stderr:
+                break  # ended (and, after MinJobAge, forgotten)
             time.sleep(poll_s)
     return job.results()[0]  # task 0's (every task must have finished)
 
