@@ -166,10 +166,12 @@ def fine_tuning(work: Path, after: Future, parallel: Path) -> dict:
 
 
 def submitit_preempted(work: Path, data: Path) -> dict:
-    """tools/submit.py to Slurm, then submitit's own signal (USR2) mid-run: saved, requeued, resumed."""
+    """tools/submit.py to Slurm, two tasks (TP2), then submitit's own signal (USR2, to both) mid-run: both
+    ranks save at the same step end, rank 0 requeues through submitit, the job resumes."""
     folder = work / "submitit"
     done = subprocess.run([sys.executable, str(ROOT / "tools/submit.py"), "--stage", "cpt", "--config",
-                           *tiny(work / "submitit_run", data), "--gpus-per-node", "0", "--cpus-per-task", "1",
+                           *tiny(work / "submitit_run", data, "parallel.tensor_model_parallel_size=2"),
+                           "--gpus-per-node", "0", "--tasks-per-node", "2", "--cpus-per-task", "1",
                            "--time", "15", "--folder", str(folder)], cwd=work, env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     job = re.search(r"cpt job (\d+)", done.stdout).group(1)
@@ -181,8 +183,8 @@ def submitit_preempted(work: Path, data: Path) -> dict:
 
     from megatron_tibetan.launch.submission import wait
 
-    return {"id": job, "info": info, "result": wait(submitit.SlurmJob(folder=folder, job_id=job)),
-            "log": (folder / f"{job}_0_log.out").read_text()}
+    return {"id": job, "info": info, "result": wait(submitit.SlurmJob(folder=folder, job_id=job, tasks=(0, 1))),
+            "logs": [(folder / f"{job}_{task}_log.out").read_text() for task in (0, 1)]}
 
 
 def submitit_local(work: Path, data: Path) -> dict:
@@ -253,7 +255,7 @@ NEEDS = {
     "test_two_ranks_tensor_parallel_give_the_single_process_losses": ["reference", "tp2"],
     "test_eval_job_scores_the_trained_checkpoint": ["reference", "eval"],
     "test_sft_job_fine_tunes_the_cpt_checkpoint": ["reference", "sft"],
-    "test_submitit_job_preempted_by_its_signal_resumes": ["reference", "submitit"],
+    "test_submitit_job_preempted_by_its_signal_resumes": ["tp2", "submitit"],
     "test_submitit_local_executor": ["reference", "local"],
     "test_bad_input_fails_fast_with_a_clear_message": ["bad"],
     "test_preprocessing_array_and_merge_equal_one_run": ["preprocess"],
@@ -356,11 +358,14 @@ def test_sft_job_fine_tunes_the_cpt_checkpoint(jobs, work):
 
 def test_submitit_job_preempted_by_its_signal_resumes(jobs, work):
     job = result(jobs, "submitit")
-    ref = losses(work / "reference")
+    tp2 = losses(work / "tp2")
     assert job["info"]["JobState"] == "COMPLETED" and job["info"]["Restarts"] == "1", job["info"]
-    assert "stopped by SIGUSR2" in job["log"] and "restart 1" in job["log"]
-    assert job["result"] == {"iteration": N, "loss": ref[-1][1], "restarts": 1}
-    assert losses(work / "submitit_run") == ref
+    stops = [re.findall(r"stopped by SIGUSR2 at iteration (\d+)", log) for log in job["logs"]]
+    assert len(stops[0]) == 1 and stops[0] == stops[1], stops  # both ranks, after the same step
+    assert "Calling checkpoint method" in job["logs"][0] and "Requeued job" in job["logs"][0]
+    assert "restart 1" in job["logs"][0] and "restart 1" in job["logs"][1]
+    assert job["result"] == {"iteration": N, "loss": tp2[-1][1], "restarts": 1}
+    assert losses(work / "submitit_run") == tp2  # the sbatch TP2 job's, bitwise
 
 
 def test_submitit_local_executor(jobs, work):
