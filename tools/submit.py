@@ -51,7 +51,10 @@ def main(argv=None) -> int:
     p.add_argument("--folder", default=d.folder, help="submitit's job folder (pickles, logs)")
     p.add_argument("--name", help="Slurm job name (default: the stage)")
     p.add_argument("--wait", action="store_true", help="wait for the result")
-    a = p.parse_intermixed_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    after = argv.index("--") if "--" in argv else len(argv)  # everything after -- is passed on untouched
+    a = p.parse_intermixed_args(argv[:after])
+    a.args += argv[after + 1:]
     gpus = a.gpus_per_node if a.gpus_per_node is not None else (0 if a.local else d.gpus_per_node)
     resources = Resources(nodes=a.nodes, gpus_per_node=gpus, tasks_per_node=a.tasks_per_node, cpus_per_task=a.cpus_per_task,
                           partition=a.partition, time_min=a.time, signal_delay_s=a.signal_delay, local=a.local,
