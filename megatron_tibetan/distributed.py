@@ -108,7 +108,8 @@ def init_parallel(tp: int = 1, pp: int = 1, seed: int = 1234, device: str | None
     rank, size, local = world()
     if not torch.distributed.is_initialized():
         if use_gpu:
-            torch.cuda.set_device(local)
+            # modulo: where Slurm binds one GPU per task (--gpus-per-task=1), a task sees only its own, as 0
+            torch.cuda.set_device(local % torch.cuda.device_count())
         how = launcher()
         if how == "torchrun":
             init_method = None  # env://, which also joins torchrun's own store
