@@ -66,7 +66,7 @@ def sweep_sentencepiece(base_spec: str, name: str, piece_type: str, sizes: list[
         if learned is None or piece_type == "unigram":  # unigram pieces of a smaller size are no prefix
             learned = learn_sentencepiece_extension(base_spec, corpus, max(sizes) if piece_type == "bpe" else n,
                                                     max_lines, piece_type)
-            result["training"][n] = learned[3]
+            result["training"][max(sizes) if piece_type == "bpe" else n] = learned[3]
         base, base_proto, tibetan, info = learned
         result.setdefault("base_fertility", measure(base, data))
         pieces, selection = select_new_pieces(base_proto, tibetan, n)
@@ -101,8 +101,8 @@ def plot(results: list[dict], path: Path) -> None:
         points = sorted({(s["num_new_tokens"], s["fertility"]["bo"]["tokens_per_syllable"]) for s in r["sizes"].values()})
         base = r["base_fertility"]["bo"]["tokens_per_syllable"]
         style = {"run": "-", "syllable": ":", "sp-bpe": "-.", "sp-unigram": "--"}[r["unit"]]
-        line, = ax.plot(*zip(*points), marker="o", ls=style,
-                        label=f"{r['base']}, {r['unit']} pre-tokens (base: {base:.2f})")
+        kind = f"SentencePiece {r['piece_type']} pieces" if "piece_type" in r else f"{r['unit']} pre-tokens"
+        line, = ax.plot(*zip(*points), marker="o", ls=style, label=f"{r['base']}, {kind} (base: {base:.2f})")
         for n, v in points:
             ax.annotate(f"{v:.2f}", (n, v), textcoords="offset points", xytext=(0, -12 if k == 2 else 7),
                         ha="center", fontsize=7, color=line.get_color())
