@@ -13,7 +13,7 @@ setup(
         "megatron-core>=0.16.1",
         "psutil>=5.9",  # needed by megatron.core.dist_checkpointing, not declared by it
         "numpy>=1.26",
-        "transformers>=4.57",
+        "transformers>=5.0",  # SpmConverter.build_tokenizer_from_spm_proto(legacy=) for SentencePiece bases
         "tokenizers>=0.21",
         "safetensors>=0.4",
         "sentencepiece>=0.2",

@@ -232,6 +232,7 @@ def test_conversion_resizes_with_subtoken_mean(sp_base, sp_base_tok, sp_extended
     sp_base_tok.save_pretrained(tmp_path / "hf")
     import_hf(tmp_path / "hf", tmp_path / "mg", tp=1, pp=1, tokenizer=str(sp_extended_dir), init_method="subtoken_mean")
     export_hf(tmp_path / "mg", tmp_path / "back")
+    assert (tmp_path / "back" / "tokenizer.model").is_file()  # the export keeps the SentencePiece model file
 
     original, exported = load_file(str(tmp_path / "hf" / "model.safetensors")), load_file(str(tmp_path / "back" / "model.safetensors"))
     n, total = BASE_PIECES, BASE_PIECES + NEW_PIECES

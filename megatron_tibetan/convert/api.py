@@ -11,6 +11,7 @@ resharding is dist_checkpointing's) and writes config.json + safetensors that ``
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -142,6 +143,9 @@ def export_hf(megatron_dir: str | Path, output: str | Path, max_shard_bytes: int
 
         try:
             load_tokenizer(spec["tokenizer"]).save_pretrained(str(out))
+            sentencepiece = Path(spec["tokenizer"]) / "tokenizer.model"
+            if sentencepiece.is_file():  # the slow model file sentencepiece users and llama.cpp read
+                shutil.copy2(sentencepiece, out / "tokenizer.model")
         except (OSError, ValueError) as error:  # the weights are still good; say what is missing
             _log(f"WARNING: tokenizer {spec['tokenizer']!r} from model.json not copied ({error}); pass one to the consumer")
     _log(f"{megatron_dir} -> {out} in {time.perf_counter() - start:.1f} s")
