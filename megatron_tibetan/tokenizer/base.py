@@ -21,6 +21,8 @@ def resolve_tokenizer_dir(spec: str | Path) -> tuple[Path, str | None]:
         return presets.smollm2_hf_dir(), None
     if spec in ("qwen2.5", "qwen2"):
         return presets.qwen25_tokenizer_dir(), None
+    if spec in ("qwen3.6", "qwen3.5"):
+        return presets.qwen36_tokenizer_dir(), None
     path = Path(spec)
     if path.is_dir():
         return path, None
