@@ -130,10 +130,18 @@ def resume(work: Path) -> dict:
 
 
 def memorise(work: Path) -> dict:
+    """32 Tatoeba en->bo pairs, prompted as tools/evaluate.py prompts (the first phrasing), learnt by heart by
+    the tiny model from scratch. The tokenizer is SmolLM2's with 1,000 Tibetan tokens (tools/extend_tokenizer.py
+    on Nanhai), as a user adapting SmolLM2 would train it: the answers are then a few tokens per syllable
+    instead of nine, which a few epochs learn."""
     from megatron_tibetan.data.prompts import translation_prompt
     from megatron_tibetan.text.readers import read_lines
+    from megatron_tibetan.tokenizer.extend import extend_tokenizer
     from megatron_tibetan.training import loop
 
+    tokenizer = work / "smollm2-bo1k"
+    extend_tokenizer("smollm2", [DATA / "mono" / "nanhai.bo.txt.xz", TATOEBA[1]], 1000, tokenizer,
+                     max_lines_per_file=[2000, None])
     en, bo = (read_lines(p)[:32] for p in TATOEBA)
     chats = work / "tatoeba32.jsonl"
     with open(chats, "w", encoding="utf-8") as f:
@@ -142,12 +150,15 @@ def memorise(work: Path) -> dict:
             f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
     (work / "tatoeba32.en").write_text("\n".join(en) + "\n", encoding="utf-8")
     (work / "tatoeba32.bo").write_text("\n".join(bo) + "\n", encoding="utf-8")
-    prefix = prepare(work / "sft_memorise", "smollm2", messages=(str(chats),), max_length=256, seq_length=256)
+    prefix = prepare(work / "sft_memorise", str(tokenizer), messages=(str(chats),), max_length=256, seq_length=256)
+    from megatron_tibetan.tokenizer.base import load_tokenizer
+
+    hf = dict(TINY_HF, vocab_size=len(load_tokenizer(str(tokenizer))))
     result = loop.run(sft_config(work, "memorise", prefix, "checkpoint.load=null", "checkpoint.finetune=false",
-                                 "model.hf_config=" + yaml.safe_dump(TINY_HF, default_flow_style=True).strip(),
-                                 "train.epochs=30", "batch.global_batch_size=4", "optimizer.lr=3e-3",
-                                 "optimizer.min_lr=3e-4", "schedule.warmup_fraction=0.05",
-                                 "checkpoint.save_interval=null", "checkpoint.keep_last=1"))
+                                 "model.hf_config=" + yaml.safe_dump(hf, default_flow_style=True).strip(),
+                                 f"data.tokenizer={tokenizer}", "train.epochs=40", "batch.global_batch_size=2",
+                                 "optimizer.lr=3e-3", "optimizer.min_lr=3e-4", "schedule.warmup_fraction=0.05",
+                                 "checkpoint.save_interval=null", "checkpoint.keep_last=1", "logging.interval=10"))
     return {"checkpoint": str(work / "memorise" / "ckpt"), "losses": [r["loss"] for r in result["records"]],
             "sources": str(work / "tatoeba32.en"), "references": str(work / "tatoeba32.bo")}
 
