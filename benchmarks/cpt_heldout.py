@@ -51,11 +51,45 @@ def run_report(run: Path, checkpoints: Path, output: str, name: str, tokenizer_t
         "samples_trained": train[-1]["consumed_samples"] if train else 0,
         "train_loss_first_last": [train[0]["loss"], train[-1]["loss"]] if train else None,
         "train_losses": [r["loss"] for r in train],
+        "step_times_s": step_times,
         "loop_validation": [{"step": r["step"], "loss": r["loss"], "ppl": r["ppl"], "tokens": r["tokens"]} for r in valid],
         "train_seconds": sum(step_times),
         "median_step_seconds": statistics.median(step_times) if step_times else None,
         "transformers_adapted": score(str(exported), str(exported), tokenizer_texts),
     }
+
+
+def plot(report: dict, path: Path, base: str) -> None:
+    """Loss against step and against training time (the loop's step times), one colour per run."""
+    import itertools
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for name, r in report["runs"].items():
+        steps = range(1, len(r["train_losses"]) + 1)
+        seconds = list(itertools.accumulate(r["step_times_s"]))
+        valid = r["loop_validation"]
+        line, = axes[0].plot(steps, r["train_losses"], label=f"{name}: train loss (Nanhai)")
+        axes[0].plot([v["step"] for v in valid], [v["loss"] for v in valid], "o--", color=line.get_color(),
+                     label=f"{name}: held-out loss (FLORES dev bo)")
+        if len(seconds) == len(r["train_losses"]):
+            axes[1].plot(seconds, r["train_losses"], color=line.get_color(), label=f"{name}: train loss")
+            at = [0.0] + seconds
+            axes[1].plot([at[v["step"]] for v in valid if v["step"] < len(at)],
+                         [v["loss"] for v in valid if v["step"] < len(at)], "o--", color=line.get_color(),
+                         label=f"{name}: held-out loss")
+    axes[0].set_xlabel("step")
+    axes[1].set_xlabel("training seconds (sum of the loop's step times)")
+    axes[0].set_ylabel("loss per token")
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"CPT of {base} on Tibetan, CPU", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
@@ -89,22 +123,7 @@ def main() -> None:
         report["runs"][name] = run_report(run, checkpoints, args.output, name, texts)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1))
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, r in report["runs"].items():
-        line, = ax.plot(range(1, len(r["train_losses"]) + 1), r["train_losses"], label=f"{name}: train loss (Nanhai)")
-        ax.plot([v["step"] for v in r["loop_validation"]], [v["loss"] for v in r["loop_validation"]], "o--",
-                color=line.get_color(), label=f"{name}: held-out loss (FLORES dev bo)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss per token")
-    ax.legend(fontsize=7)
-    ax.set_title(f"CPT of {args.base} on Tibetan, CPU")
-    fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=120)
+    plot(report, out.with_suffix(".png"), args.base)
     for name, r in report["runs"].items():
         valid = ", ".join(f"step {v['step']}: {v['loss']:.4f}" for v in r["loop_validation"])
         print(f"{name}: {r['steps']} steps in {r['train_seconds']:.0f} s (median step {r['median_step_seconds']:.1f} s); "

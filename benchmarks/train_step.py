@@ -271,6 +271,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     load_avg = os.getloadavg()
     report = {"device": "cpu", "threads": args.threads, "cpus": len(os.sched_getaffinity(0)),
+              "omp_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")},
               "load_average_at_end": load_avg, "torch": torch.__version__, "results": results}
     out.with_suffix(".json").write_text(json.dumps(report, indent=1))
     plot(results, out.with_suffix(".png"))
