@@ -25,7 +25,7 @@ open_run_log() {
     exec >"$RUN_LOG" 2>&1
     # a requeue, pre-emption or time limit sends SIGTERM to this shell too: outlive the ranks' save
     GOT_SIGTERM=0
-    trap 'GOT_SIGTERM=1; note "SIGTERM (scancel, requeue, pre-emption or time limit): waiting for the ranks to save"' TERM
+    trap 'GOT_SIGTERM=1; note "SIGTERM (scancel, requeue, pre-emption or time limit)"' TERM
     note "job ${SLURM_JOB_ID:-?} (${SLURM_JOB_NAME:-$STAGE}) restart $restart on $(hostname) at $(date -Is)"
     note "nodes ${SLURM_JOB_NODELIST:-$(hostname)} (${SLURM_NNODES:-1}), tasks ${SLURM_NTASKS:-1}, CPUs per task ${SLURM_CPUS_PER_TASK:-1}, GPUs on node ${SLURM_GPUS_ON_NODE:-0}"
 }
@@ -78,7 +78,8 @@ requeue_self() {
         note "error: stopped to be resumed, but the job already restarted $restarts times (MAX_RESTARTS=$MAX_RESTARTS): not requeued"
         return $RESUME_STATUS
     fi
-    if out=$(scontrol requeue "$SLURM_JOB_ID" 2>&1); then
+    # the requeue ends this job's processes with SIGTERM, scontrol itself possibly before it answers
+    if out=$(scontrol requeue "$SLURM_JOB_ID" 2>&1) || [ "$GOT_SIGTERM" = 1 ]; then
         note "requeued (restart $((restarts + 1)) will resume from the last checkpoint)"
         return 0
     fi
