@@ -85,6 +85,8 @@ def _patch_cuda_functions() -> None:
     cuda = torch.cuda
     cuda.current_device = lambda: _CPU  # (1) used as device=..., also inside autograd's backward
     cuda.synchronize = lambda device=None: None  # (3) p2p_communication after batched isend/irecv
+    # (3) megatron-core >= 0.17 waits on the current stream in every DDP grad sync: the CPU's no-op stream
+    cuda.current_stream = lambda device=None: torch.cpu.current_stream()
     # (2) the "device generator" is the CPU default generator: CudaRNGStatesTracker.add,
     # model_parallel_cuda_manual_seed and CheckpointFunction call these
     cuda.get_rng_state = lambda device="cuda": torch.get_rng_state()

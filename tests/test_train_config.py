@@ -75,11 +75,11 @@ def test_data_blend_forms():
         data_blend(["a"], [1, 2])
 
 
-def test_cpu_rejects_sequence_parallel_and_distributed_optimizer():
+def test_cpu_rejects_sequence_parallel_and_fp8():
     with pytest.raises(ConfigError, match="sequence_parallel is not available on CPU"):
         checks.check_device(load_config(TINY, ["parallel.sequence_parallel=true"]), "cpu", False)
-    with pytest.raises(ConfigError, match="use_distributed_optimizer is not supported on CPU"):
-        checks.check_device(load_config(TINY, ["parallel.use_distributed_optimizer=true"]), "cpu", False)
+    # the distributed optimizer runs and resumes exactly on CPU too (tests/test_gpu_check.py)
+    checks.check_device(load_config(TINY, ["parallel.use_distributed_optimizer=true"]), "cpu", False)
     with pytest.raises(ConfigError, match="fp8"):
         checks.check_device(load_config(TINY, ["precision.fp8=hybrid", "model.transformer_impl=auto"]), "cpu", False)
     checks.check_device(load_config(TINY), "cpu", False)  # the tiny config itself is fine

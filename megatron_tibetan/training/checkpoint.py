@@ -18,6 +18,11 @@ from megatron_tibetan.checkpoint_dir import model_sharded_state
 
 TRAIN_STATE = "train_state"
 SCHEDULER = "opt_param_scheduler"
+# The distributed optimizer's state as each data-parallel rank holds it (Megatron-LM's default format): it
+# loads at the same TP x PP with any DP size. megatron-core's default (fully_sharded_model_space) is refused by
+# its own ShardedTensor checks, and fully_reshardable cannot load torch's AdamW, the optimizer megatron-core
+# steps with when neither Transformer Engine nor Apex is installed.
+DISTRIBUTED_OPTIMIZER_FORMAT = {"distrib_optim_sharding_type": "dp_reshardable"}
 
 
 def _rng_state() -> dict:
@@ -65,6 +70,53 @@ def _rng_sharded(data):
     )
 
 
+def _sharded_optimizer_state(optimizer, model_sd: dict, is_loading: bool):
+    distributed = _distributed_optimizers(optimizer)
+    for torch_adam in _torch_adams(distributed):
+        _initialise_torch_adam_state(torch_adam)
+    metadata = {"metadata": DISTRIBUTED_OPTIMIZER_FORMAT} if distributed else {}
+    return optimizer.sharded_state_dict(model_sd, is_loading=is_loading, **metadata)
+
+
+def _distributed_optimizers(optimizer) -> list:
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    return [o for o in getattr(optimizer, "chained_optimizers", [optimizer]) if isinstance(o, DistributedOptimizer)]
+
+
+def _torch_adams(distributed: list) -> list:
+    import torch
+
+    return [o.optimizer for o in distributed if isinstance(o.optimizer, (torch.optim.Adam, torch.optim.AdamW))]
+
+
+def _initialise_torch_adam_state(adam) -> None:
+    """megatron-core's distributed optimizer reads torch Adam's per-parameter step count from its state, which
+    a never-stepped optimizer (about to load one) lacks: give it the state of step 0, as torch would."""
+    import torch
+
+    for group in adam.param_groups:
+        on_device = group.get("fused") or group.get("capturable")
+        for p in group["params"]:
+            if not adam.state[p]:
+                adam.state[p].update(step=torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu"),
+                                     exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+
+
+def _restore_torch_adam_steps(optimizer) -> None:
+    """megatron-core (0.16-0.19) loads torch Adam's step count into the param groups, gives every parameter
+    one shared step tensor (which torch's step then advances once per parameter) and overwrites it with the
+    loading optimizer's own count: give each parameter its own tensor holding the loaded count."""
+    import torch
+
+    for adam in _torch_adams(_distributed_optimizers(optimizer)):
+        for group in adam.param_groups:
+            if "step" in group:
+                for p in group["params"]:
+                    old = adam.state[p]["step"]
+                    adam.state[p]["step"] = torch.tensor(float(group["step"]), dtype=old.dtype, device=old.device)
+
+
 def parallel_layout() -> dict:
     from megatron.core import parallel_state
 
@@ -80,7 +132,7 @@ def save_checkpoint(root, iteration: int, model_chunks, optimizer, scheduler, tr
     """Save everything needed to resume at ``iteration``; collective (every rank calls it)."""
     model_sd = model_sharded_state(model_chunks)
     state = dict(model_sd)
-    state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=False)
+    state["optimizer"] = _sharded_optimizer_state(optimizer, model_sd, is_loading=False)
     state["rng_state"] = _rng_sharded(_rng_state())
     state[SCHEDULER] = scheduler.state_dict()
     state[TRAIN_STATE] = {**train_state, "iteration": iteration, "parallel": parallel_layout()}
@@ -117,12 +169,14 @@ def load_checkpoint(path, model_chunks, optimizer, scheduler, override_schedule:
     request = dict(model_sd)
     same_layout = {k: v for k, v in common[TRAIN_STATE]["parallel"].items() if k != "dp"} == {
         k: v for k, v in parallel_layout().items() if k != "dp"}
-    request["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=True)
+    request["optimizer"] = _sharded_optimizer_state(optimizer, model_sd, is_loading=True)
     if same_layout:
         request["rng_state"] = _rng_sharded(None)
     loaded = dist_checkpointing.load(request, str(path))
     checkpoint_dir.set_model_state(model_chunks, loaded)
-    optimizer.load_state_dict(loaded["optimizer"])
+    with torch.no_grad():  # the fp32 distributed optimizer's main params are views of the model's (leaves)
+        optimizer.load_state_dict(loaded["optimizer"])
+    _restore_torch_adam_steps(optimizer)
     saved_schedule = loaded[SCHEDULER] if SCHEDULER in loaded else loaded["scheduler"]
     changed = schedule_changes(saved_schedule, scheduler)
     scheduler.override_opt_param_scheduler = override_schedule

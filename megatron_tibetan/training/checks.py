@@ -39,11 +39,6 @@ def check_device(cfg, device: str, use_te: bool) -> None:
                 "parallel.sequence_parallel is not available on CPU: the local layer spec's torch LayerNorm "
                 "does not support it (it needs the Transformer Engine spec on a GPU); set it to false"
             )
-        if p.use_distributed_optimizer:
-            raise ConfigError(
-                "parallel.use_distributed_optimizer is not supported on CPU: with megatron-core's torch-AdamW "
-                "fallback its checkpoints cannot be saved and reloaded; set it to false (GPU runs may use it)"
-            )
         if cfg.precision.fp8:
             raise ConfigError("precision.fp8 needs Transformer Engine on a Hopper (or newer) GPU; unset it on CPU")
         return

@@ -27,6 +27,38 @@ def flops_per_token(hf: dict, seq_length: int) -> float:
     return 3 * (layers * (per_layer + attention) + logits)
 
 
+def measure_matmul_flops(size: int = 8192, dtype=None, repeats: int = 10, warmup: int = 3, device=None) -> dict:
+    """The dense matrix-product rate this device reaches, as the ceiling for MFU measured in the same run
+    (datasheet peaks are leads): the median of ``repeats`` products of two random ``size`` x ``size``
+    matrices after ``warmup`` untimed ones, timed with CUDA events on a GPU, a clock on the CPU. Random
+    data, never zeros (which multiply faster on some GPUs). Returns ``flops`` (FLOP/s) and the timings."""
+    import statistics
+
+    import torch
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or torch.bfloat16
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    times = []
+    for i in range(warmup + repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            torch.mm(a, b)
+            end.record()
+            end.synchronize()
+            seconds = start.elapsed_time(end) / 1e3
+        else:
+            begin = time.perf_counter()
+            torch.mm(a, b)
+            seconds = time.perf_counter() - begin
+        if i >= warmup:
+            times.append(seconds)
+    median = statistics.median(times)
+    return {"flops": 2 * size**3 / median, "size": size, "dtype": str(dtype).replace("torch.", ""),
+            "median_ms": median * 1e3, "times_ms": [t * 1e3 for t in times]}
+
+
 def peak_flops() -> float | None:
     import torch
 
