@@ -405,6 +405,21 @@ def test_preprocessing_array_and_merge_equal_one_run(jobs, work):
         assert stats["merged"][key] == stats["single"][key], key
     assert stats["merged"]["cross_shard_duplicates"] > 0  # the repeated lines were removed across shards
     assert "3 shards" in out["merge_log"]
+    # shards that are not one dataset are refused, naming the shard and the setting
+    from megatron_tibetan.data.merge import MergeError, merge_datasets
+
+    odd = work / "pre" / "odd_shards"
+    shutil.copytree(work / "pre" / "shards", odd)
+    stats_path = odd / "shard_00001_stats.json"
+    shard = json.loads(stats_path.read_text())
+    stats_path.write_text(json.dumps({**shard, "eod_id": shard["eod_id"] + 1}))
+    with pytest.raises(MergeError, match=r"shard_00001_stats.json: eod_id is"):
+        merge_datasets([str(odd)], str(work / "pre" / "odd"), progress=False)
+    stats_path.write_text(json.dumps(shard))
+    (odd / "shard_00002_text_document.bin").unlink()  # found only after two shards were copied
+    with pytest.raises(MergeError, match=r"shard \S*shard_00002: missing \S*shard_00002_text_document.bin"):
+        merge_datasets([str(odd)], str(work / "pre" / "odd"), progress=False)
+    assert not list((work / "pre").glob("odd_text_document*"))  # no partial dataset left behind
 
 
 # --- launch detection and signals (no jobs) ---------------------------------------------------------------------
