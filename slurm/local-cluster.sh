@@ -111,6 +111,8 @@ pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null && ! grep -q '^St
 
 start() {
     install_packages
+    # slurmctld reaches slurmd, and the ranks reach rank 0, by this name
+    getent hosts "$(hostname -s)" >/dev/null || die "hostname $(hostname -s) does not resolve: add it to /etc/hosts"
     mkdir -p "${STATE_DIRS[@]}"
     local changed=0
     write_conf && changed=1
