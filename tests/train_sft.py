@@ -156,7 +156,7 @@ def memorise(work: Path) -> dict:
     hf = dict(TINY_HF, vocab_size=len(load_tokenizer(str(tokenizer))))
     result = loop.run(sft_config(work, "memorise", prefix, "checkpoint.load=null", "checkpoint.finetune=false",
                                  "model.hf_config=" + yaml.safe_dump(hf, default_flow_style=True).strip(),
-                                 f"data.tokenizer={tokenizer}", "train.epochs=40", "batch.global_batch_size=2",
+                                 f"data.tokenizer={tokenizer}", "train.epochs=35", "batch.global_batch_size=2",
                                  "optimizer.lr=3e-3", "optimizer.min_lr=3e-4", "schedule.warmup_fraction=0.05",
                                  "checkpoint.save_interval=null", "checkpoint.keep_last=1", "logging.interval=10"))
     return {"checkpoint": str(work / "memorise" / "ckpt"), "losses": [r["loss"] for r in result["records"]],
