@@ -117,6 +117,14 @@ def _restore_torch_adam_steps(optimizer) -> None:
                     adam.state[p]["step"] = torch.tensor(float(group["step"]), dtype=old.dtype, device=old.device)
 
 
+def _set_group_schedules(optimizer, old: dict, new: dict) -> None:
+    """Param groups that follow the schedule's ``old`` LR/WD values (no per-group override) take ``new``'s."""
+    for group in optimizer.param_groups:
+        for key in ("max_lr", "min_lr", "start_wd", "end_wd"):
+            if group.get(key) is not None and key in old and group[key] == old[key]:
+                group[key] = new[key]
+
+
 def parallel_layout() -> dict:
     from megatron.core import parallel_state
 
@@ -174,11 +182,17 @@ def load_checkpoint(path, model_chunks, optimizer, scheduler, override_schedule:
         request["rng_state"] = _rng_sharded(None)
     loaded = dist_checkpointing.load(request, str(path))
     checkpoint_dir.set_model_state(model_chunks, loaded)
+    saved_schedule = loaded[SCHEDULER] if SCHEDULER in loaded else loaded["scheduler"]
+    changed = schedule_changes(saved_schedule, scheduler)
+    # megatron-core >= 0.17 pairs saved and current param groups by their LR/WD values too: the current groups
+    # take the checkpoint's to load, and get the config's back when those are to apply
+    configured = scheduler.state_dict()
+    _set_group_schedules(optimizer, configured, saved_schedule)
     with torch.no_grad():  # the fp32 distributed optimizer's main params are views of the model's (leaves)
         optimizer.load_state_dict(loaded["optimizer"])
     _restore_torch_adam_steps(optimizer)
-    saved_schedule = loaded[SCHEDULER] if SCHEDULER in loaded else loaded["scheduler"]
-    changed = schedule_changes(saved_schedule, scheduler)
+    if override_schedule:
+        _set_group_schedules(optimizer, saved_schedule, configured)
     scheduler.override_opt_param_scheduler = override_schedule
     scheduler.load_state_dict(saved_schedule)
     if same_layout:
