@@ -10,8 +10,8 @@ Stages (each timed and recorded on its own: one that fails is reported and the o
 
 1. ``peak``: the median rate of 8192^3 bf16 products (``training.metrics.measure_matmul_flops``), the ceiling
    for MFU in this run.
-2. ``conversion``: a model with SmolLM2-135M's config and random weights (its GGUF, 94 MiB, is over what a
-   call to the GPU machine carries) saved by ``transformers`` in float32 and in bfloat16, converted with
+2. ``conversion``: a model with SmolLM2-135M's config and random weights (its GGUF, 94 MiB, is over the 64 MiB
+   that reach the GPU machine) saved by ``transformers`` in float32 and in bfloat16, converted with
    ``convert.import_hf``, loaded back and run on the device: logits against ``transformers`` on the same
    device and input. float32: max |difference| <= 1e-4 x the logit scale (TF32 off). bfloat16: the
    relative error against ``transformers``' float32 logits is at most twice ``transformers``' own bfloat16

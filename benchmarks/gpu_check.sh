@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu_check.sh --download        # megatron-core 0.19.2 for CPython 3.12 into .whl/
 # Then on the GPU machine (Python 3.12 with torch, transformers, safetensors, tokenizers, matplotlib, psutil):
 #   bash benchmarks/gpu_check.sh [gpu_check.py options]
-# With the lent device tool: run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=480).
+# Where the machine receives the working tree plus named ignored paths: command `bash benchmarks/gpu_check.sh`,
+# carried paths [".whl"], a time limit of 480 s (3-5 minutes expected on one H200).
 # Results: $OUT/gpu_check.json, gpu_check.png and gpu_check.log (default OUT: runs/gpu_check); the table last.
 # megatron-core's own requirements (torch, numpy, packaging) and this project's are expected on the machine;
 # only megatron-core is carried. `--dry-run` runs the same stages on the CPU with tiny sizes.
