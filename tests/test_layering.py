@@ -19,7 +19,7 @@ LAYERS = [
     {"convert"},
     {"training"},
     {"evaluation"},
-    {"launch", "train"},
+    {"launch", "train", "study"},
 ]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}
 

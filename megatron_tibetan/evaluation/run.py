@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from megatron_tibetan.evaluation import metrics, models, report
@@ -60,10 +61,12 @@ def evaluate(
         for lang, lines in sources.items():
             for b in beams:
                 set_name = f"{lang}-bo.{decode_name(b)}"
+                start, cpu = time.perf_counter(), time.process_time()
                 out_lines = translate(model, tok, lines, lang, num_beams=b, batch_size=batch_size, max_new_tokens=max_new_tokens)
+                timing = {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
                 hyp_path(out, name, set_name).write_text("".join(h + "\n" for h in out_lines), encoding="utf-8")
                 hyps.setdefault(set_name, {})[name] = out_lines
-                results[name][set_name] = metrics.score(out_lines, refs, n_bootstrap, where=set_name)
+                results[name][set_name] = metrics.score(out_lines, refs, n_bootstrap, where=set_name) | timing
         report.metrics_report(results, out)  # after every model, so a long run leaves partial results
         del model
     significance = {s: metrics.paired_bootstrap(h, refs, n_bootstrap) for s, h in hyps.items() if len(h) > 1}

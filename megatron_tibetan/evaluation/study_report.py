@@ -1,0 +1,409 @@
+"""The study's report: ``OUT/report.md`` (tables, PNG plots, the commands) and ``OUT/report.json`` (every number).
+
+Read from what the stages wrote: the fertility JSON of both tokenizers, the evaluation runs' ``metrics.json``
+(bits per byte; translation scores with sacrebleu's bootstrap intervals and paired tests, ``cpt_sft`` being
+the first system so every other arm is tested against it), the hypothesis files, the training logs
+(``metrics.jsonl``), the layer analyses and the stage records (time, CPU time, peak memory, load).
+
+report.json::
+
+    {"seconds": total wall seconds of the stages, "tokenizer": {...fertility...},
+     "models": {ARM: {"bits_per_byte": x, "zh-bo": {"chrf": x, "chrf_ci95": [lo, hi], "bleu_syllable": x,
+                                                    "bleu_syllable_ci95": [lo, hi], "hyp": PATH, ...},
+                      "en-bo": {...}}},
+     "references": {"zh-bo": PATH, "en-bo": PATH}, "significance": ..., "stages": [...], ...}
+
+for ARM in base, cpt, sft, cpt_sft. The chrF of a hypothesis file is sacrebleu's chrF of
+``text.normalize`` of each line against the same normalisation of the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from megatron_tibetan.evaluation import plots
+from megatron_tibetan.evaluation.report import write_json
+from megatron_tibetan.evaluation.run import hyp_path
+from megatron_tibetan.text import normalize
+from megatron_tibetan.text.readers import read_lines
+
+ARMS = ("base", "cpt", "sft", "cpt_sft")
+DIRECTIONS = ("zh-bo", "en-bo")
+ARM_TEXT = {
+    "base": "SmolLM2-135M-Instruct as released, with its own tokenizer",
+    "init": "the imported model with the extended vocabulary (sub-token-mean rows), untrained",
+    "cpt": "stage 1 only: continual pretraining on Tibetan",
+    "sft": "stage 2 only: SFT from the imported base (the single-stage ablation)",
+    "cpt_sft": "both stages: CPT, then SFT",
+}
+LANG = {"zh-bo": "zh→bo", "en-bo": "en→bo"}
+
+
+def _load(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+
+
+def tibetan_share(lines: list[str]) -> float:
+    """Share of the non-space characters that are Tibetan (U+0F00–U+0FFF)."""
+    chars = [c for line in lines for c in line if not c.isspace()]
+    return sum("\u0f00" <= c <= "\u0fff" for c in chars) / len(chars) if chars else 0.0
+
+
+def busy_seconds(records: list[dict]) -> float:
+    """Wall seconds during which at least one stage ran (stages side by side counted once, the gaps between
+    reruns not at all): the study's total time when it ran in one go."""
+    total, end = 0.0, -math.inf
+    for start, finish in sorted((r.get("started", r["finished"] - r["seconds"]), r["finished"]) for r in records):
+        total += max(0.0, finish - max(start, end))
+        end = max(end, finish)
+    return total
+
+
+def _fertility(path: Path) -> dict:
+    data = _load(path)
+    by_lang = {}
+    for f in data["files"]:
+        lang = Path(f["file"]).suffix.lstrip(".")
+        by_lang[lang] = {k: f[k] for k in ("lines", "tokens", "bytes", "chars", "syllables", "tokens_per_syllable",
+                                           "tokens_per_char", "bytes_per_token")}
+    return {"tokenizer": data["tokenizer"], "vocab_size": data["vocab_size"], **by_lang}
+
+
+def _training(path: Path) -> dict:
+    rows = [r for r in _jsonl(path) if r.get("split", "train") == "train" and "loss" in r]
+    times = [r["step_time_s"] for r in rows if "step_time_s" in r]
+    rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
+    return {"steps": len(rows), "loss": [r["loss"] for r in rows], "loss_first": rows[0]["loss"], "loss_last": rows[-1]["loss"],
+            "step_seconds_median": statistics.median(times) if times else None,
+            "tokens_per_second_median": statistics.median(rates) if rates else None}
+
+
+def _fmt_ci(value: float, ci: list[float] | None) -> str:
+    return f"{value:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+
+
+def _conclusion(delta: float, p: float | None, half_width: float, lines: int) -> str:
+    """One honest sentence on what a paired test over ``lines`` sentences allows one to say."""
+    if p is None:
+        return "no p-value"
+    if delta == 0:
+        return f"both arms score the same on these {lines} sentences: there is no difference to test"
+    if p < 0.05:
+        return (f"the difference ({delta:+.2f}) is unlikely to be resampling noise on these {lines} sentences (p = {p:.3f}); "
+                "it says nothing yet about other text or about longer training")
+    return (f"the difference ({delta:+.2f}) is within what resampling these {lines} sentences produces (p = {p:.3f}): "
+            f"this run cannot tell the two arms apart — differences smaller than about ±{half_width:.1f} chrF are "
+            "invisible at this sample size — which is no evidence that CPT does not help")
+
+
+def _bar_plot(values: dict[str, dict[str, dict]], keys: tuple[str, ...], path: Path, ylabel: str) -> str | None:
+    written = plots.metric_bars(values, keys, path, ylabel)
+    return written.name if written else None
+
+
+def _fertility_plot(tok: dict, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    labels = ["bo tokens/syllable", "bo tokens/char", "zh tokens/char", "en tokens/char"]
+    keys = [("bo", "tokens_per_syllable"), ("bo", "tokens_per_char"), ("zh", "tokens_per_char"), ("en", "tokens_per_char")]
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    for i, which in enumerate(("base", "extended")):
+        vals = [tok[which][lang][k] for lang, k in keys]
+        ax.bar(np.arange(len(keys)) + 0.4 * i, vals, 0.4, label=f"{which} ({tok[which]['vocab_size']:,} tokens)")
+    ax.set_xticks(np.arange(len(keys)) + 0.2, labels, fontsize=8)
+    ax.set_ylabel("tokens (FLORES-200 dev)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _training_plot(training: dict, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    for name, t in training.items():
+        ax.plot(range(1, len(t["loss"]) + 1), t["loss"], marker=".", label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss per trained token")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _token_counts(spec, lines: list[str]) -> list[int]:
+    from megatron_tibetan.tokenizer.base import load_tokenizer
+
+    tok = load_tokenizer(str(spec))
+    return [len(ids) for ids in tok([normalize(x) for x in lines], add_special_tokens=False)["input_ids"]]
+
+
+def write_report(out: Path, size: dict, records: list[dict], seconds_this_run: float, fertility: dict[str, Path],
+                 bpb: Path, translation: dict[str, Path], references: dict[str, Path], training_logs: dict[str, Path],
+                 layers: dict[str, Path], sft_stats: Path, cpt_stats: Path, tokenizers: dict, show: Callable[[Path], str] = str
+                 ) -> list[str]:
+    """Write OUT/report.md, OUT/report.json and the PNG plots; return the summary lines for the terminal."""
+    out = Path(out)
+    tok = {w: _fertility(p) for w, p in fertility.items()}
+    bpb_metrics = _load(bpb)["models"]
+    bpb_by_model = {m: next(iter(sets.values())) for m, sets in bpb_metrics.items()}
+    tr = {d: _load(translation[d]) for d in DIRECTIONS}
+    ref_lines = {d: read_lines(references[d]) for d in DIRECTIONS}
+    lines_n = len(ref_lines["zh-bo"])
+
+    models: dict = {}
+    for arm in ARMS:
+        entry = {"description": ARM_TEXT[arm], "bits_per_byte": bpb_by_model[arm]["bits_per_byte"],
+                 "perplexity": bpb_by_model[arm]["perplexity"]}
+        for d in DIRECTIONS:
+            m = tr[d]["models"][arm][f"{d}.greedy"]
+            hyp = hyp_path(Path(translation[d]).parent, arm, f"{d}.greedy")
+            hyps = read_lines(hyp)
+            entry[d] = {"chrf": m["chrf"], "chrf_ci95": m["chrf_ci95"], "bleu_syllable": m["bleu_syllable"],
+                        "bleu_syllable_ci95": m["bleu_syllable_ci95"], "chrf_pp": m["chrf_pp"], "bleu_default": m["bleu_default"],
+                        "lines": m["lines"], "hyp": show(hyp), "tibetan_share": tibetan_share(hyps),
+                        "seconds": m.get("seconds"), "cpu_seconds": m.get("cpu_seconds"),
+                        "signature_chrf": m["signatures"]["chrf"]}
+        models[arm] = entry
+
+    significance: dict = {}
+    for d in DIRECTIONS:
+        sig = tr[d]["significance"][f"{d}.greedy"]
+        significance[d] = {}
+        for other in ("sft", "base", "cpt"):
+            significance[d][f"cpt_sft_vs_{other}"] = {
+                k: {"cpt_sft": sig[k]["cpt_sft"]["score"], other: sig[k][other]["score"],
+                    "delta": sig[k]["cpt_sft"]["score"] - sig[k][other]["score"], "p_value": sig[k][other]["p_value"]}
+                for k in ("chrf", "bleu_syllable")}
+
+    # vocabulary: measured sequence lengths, training and generation cost
+    cap = size["max_new_tokens"]
+    ref_tokens = {w: _token_counts(tokenizers[w], ref_lines["zh-bo"]) for w in ("base", "extended")}
+    training = {arm: _training(p) for arm, p in training_logs.items()}
+    cpt_tokens_per_step = size["cpt_global_batch"] * size["cpt_seq_length"]
+    bytes_per_token = {w: tok[w]["bo"]["bytes_per_token"] for w in ("base", "extended")}
+    gen = {arm: {d: {"seconds_per_line": models[arm][d]["seconds"] / lines_n if models[arm][d]["seconds"] else None}
+                 for d in DIRECTIONS} for arm in ARMS}
+    vocabulary = {
+        "used": "extended",
+        "new_tokens": tok["extended"]["vocab_size"] - tok["base"]["vocab_size"],
+        "bo_tokens_per_char": {w: tok[w]["bo"]["tokens_per_char"] for w in ("base", "extended")},
+        "bo_tokens_per_syllable": {w: tok[w]["bo"]["tokens_per_syllable"] for w in ("base", "extended")},
+        "sequence_length_ratio": tok["base"]["bo"]["tokens"] / tok["extended"]["bo"]["tokens"],
+        "reference_tokens_per_line": {w: sum(v) / len(v) for w, v in ref_tokens.items()},
+        "reference_lines_within_cap": {w: sum(n <= cap for n in v) / len(v) for w, v in ref_tokens.items()},
+        "max_new_tokens": cap,
+        "cpt_step_seconds_median": training["cpt"]["step_seconds_median"],
+        "cpt_tokens_per_step": cpt_tokens_per_step,
+        "cpt_tibetan_bytes_per_step": {w: cpt_tokens_per_step * b for w, b in bytes_per_token.items()},
+        "generation_seconds_per_line": gen,
+    }
+    checks = {
+        "bits_per_byte_falls_with_cpt": models["cpt"]["bits_per_byte"] < min(models["base"]["bits_per_byte"],
+                                                                            bpb_by_model["init"]["bits_per_byte"]),
+        "cpt_sft_chrf_above_base": {d: models["cpt_sft"][d]["chrf"] > models["base"][d]["chrf"] for d in DIRECTIONS},
+        "cpt_sft_chrf_interval_above_base": {d: models["cpt_sft"][d]["chrf_ci95"][0] > models["base"][d]["chrf_ci95"][1]
+                                             for d in DIRECTIONS},
+    }
+    layer_summary, heatmaps = {}, {}
+    for name, folder in layers.items():
+        analysis = _load(Path(folder) / "analysis.json")
+        for arm, c in analysis["comparisons"].items():
+            top = max(c["modules"].items(), key=lambda kv: kv[1]["relative"])
+            key = f"{arm} vs {c['reference']}"
+            png = Path(folder) / f"heatmap_{arm}.png"
+            layer_summary[key] = {"relative": c["total"]["relative"], "top_module": top[0],
+                                  "top_module_relative": top[1]["relative"], "heatmap": show(png)}
+            heatmaps[key] = os.path.relpath(png, out)
+    half_width = {d: statistics.mean((models[a][d]["chrf_ci95"][1] - models[a][d]["chrf_ci95"][0]) / 2 for a in ARMS)
+                  for d in DIRECTIONS}
+
+    data = {
+        "seconds": round(busy_seconds(records), 1),
+        "cpu_seconds": round(sum(r["cpu_seconds"] for r in records), 1),
+        "seconds_this_run": round(seconds_this_run, 1),
+        "size": size,
+        "tokenizer": tok,
+        "vocabulary": vocabulary,
+        "models": models,
+        "init": {"description": ARM_TEXT["init"], "bits_per_byte": bpb_by_model["init"]["bits_per_byte"],
+                 "perplexity": bpb_by_model["init"]["perplexity"]},
+        "bits_per_byte_set": {"lines": bpb_by_model["base"]["documents"], "bytes": bpb_by_model["base"]["bytes"]},
+        "references": {d: show(references[d]) for d in DIRECTIONS},
+        "significance": significance,
+        "training": {arm: {k: v for k, v in t.items() if k != "loss"} | {"loss": t["loss"]} for arm, t in training.items()},
+        "data": {"cpt": _load(cpt_stats), "sft": _load(sft_stats)},
+        "layers": layer_summary,
+        "checks": checks,
+        "stages": records,
+    }
+    write_json(data, out / "report.json")
+
+    # plots
+    bpb_png = _bar_plot({a: {"FLORES dev bo": {"bits_per_byte": v["bits_per_byte"]}}
+                         for a, v in [("base", models["base"]), ("init", data["init"])] + [(a, models[a]) for a in ARMS[1:]]},
+                        ("bits_per_byte",), out / "bits_per_byte.png", "bits per byte (lower is better)")
+    tr_png = _bar_plot({a: {LANG[d]: models[a][d] for d in DIRECTIONS} for a in ARMS}, ("chrf", "bleu_syllable"),
+                       out / "translation.png", "score [95% bootstrap interval]")
+    fert_png = _fertility_plot(tok, out / "fertility.png")
+    train_png = _training_plot(training, out / "training_loss.png")
+
+    md = _markdown(data, size, records, bpb_png, tr_png, fert_png, train_png, half_width, lines_n, heatmaps)
+    (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+
+    def chrf_line(d: str) -> str:
+        return f"{LANG[d]} chrF: " + ", ".join(f"{a} {_fmt_ci(models[a][d]['chrf'], models[a][d]['chrf_ci95'])}" for a in ARMS)
+
+    return [
+        f"tokens per Tibetan syllable (FLORES dev bo): base {vocabulary['bo_tokens_per_syllable']['base']:.2f}, "
+        f"extended {vocabulary['bo_tokens_per_syllable']['extended']:.2f}",
+        f"bits per byte (first {data['bits_per_byte_set']['lines']} subset lines): base {models['base']['bits_per_byte']:.3f}, "
+        f"init {data['init']['bits_per_byte']:.3f}, cpt {models['cpt']['bits_per_byte']:.3f}, "
+        f"sft {models['sft']['bits_per_byte']:.3f}, cpt_sft {models['cpt_sft']['bits_per_byte']:.3f}",
+        chrf_line("zh-bo"), chrf_line("en-bo"),
+        "cpt_sft vs sft, chrF: " + "; ".join(
+            f"{LANG[d]} {significance[d]['cpt_sft_vs_sft']['chrf']['delta']:+.2f} (p = {significance[d]['cpt_sft_vs_sft']['chrf']['p_value']:.3f})"
+            for d in DIRECTIONS) + f", on {lines_n} sentences",
+    ]
+
+
+def _markdown(data, size, records, bpb_png, tr_png, fert_png, train_png, half_width, lines_n, heatmaps) -> list[str]:
+    models, voc, sig, tok = data["models"], data["vocabulary"], data["significance"], data["tokenizer"]
+    total_min = data["seconds"] / 60
+    md = [
+        "# Tibetan adaptation of SmolLM2-135M: the two-stage study" + (" (tiny: random model)" if size["tiny_model"] else ""),
+        "",
+        f"Stages took {total_min:.1f} min in all ({data['cpu_seconds'] / 60:.1f} CPU-min; this run {data['seconds_this_run'] / 60:.1f} min, "
+        "stages done in an earlier run being skipped). Every number below was computed by this run; report.json has them all.",
+        "",
+        "## Arms",
+        "",
+    ]
+    md += [f"- `{a}`: {ARM_TEXT[a]}." for a in ("base", "cpt", "sft", "cpt_sft")]
+    md += [f"- `init` (bits per byte only): {ARM_TEXT['init']}.", ""]
+    md += [
+        "`sft` and `cpt_sft` are fine-tuned with the same data, steps, schedule and seed; they differ only in the "
+        "checkpoint they start from, so their difference is what the first stage adds.",
+        "",
+        "**What is fair to `base`.** `base` is the model a user starts from, with its own tokenizer. Bits per byte "
+        "is tokenizer-independent (nats per UTF-8 byte of the same normalised text), so every row of that table is "
+        "comparable; `init` separates what the larger vocabulary and its sub-token-mean rows give from what CPT "
+        f"then learns. For translation every arm gets the same prompt (the first SFT phrasing, chat template) and the same "
+        f"budget of {voc['max_new_tokens']} new tokens. With SmolLM2's own tokenizer that budget holds less Tibetan: the "
+        f"reference lines need {voc['reference_tokens_per_line']['base']:.0f} tokens on average with it against "
+        f"{voc['reference_tokens_per_line']['extended']:.0f} with the extended one ({voc['reference_lines_within_cap']['base']:.0%} "
+        f"vs {voc['reference_lines_within_cap']['extended']:.0%} of the lines fit the budget). The Tibetan share of `base`'s "
+        f"output (below: zh→bo {models['base']['zh-bo']['tibetan_share']:.0%}, en→bo {models['base']['en-bo']['tibetan_share']:.0%}) "
+        "shows whether a longer budget could have helped it: a model that does not write Tibetan cannot gain chrF "
+        "from more tokens.",
+        "",
+        "## Vocabulary: extended, measured",
+        "",
+    ]
+    fb, fe = tok["base"], tok["extended"]
+    md += _table(["tokenizer", "vocabulary", "bo tokens/syllable", "bo tokens/char", "bo bytes/token", "zh tokens/char", "en tokens/char"],
+                 [[w, f"{t['vocab_size']:,}", f"{t['bo']['tokens_per_syllable']:.3f}", f"{t['bo']['tokens_per_char']:.3f}",
+                   f"{t['bo']['bytes_per_token']:.2f}", f"{t['zh']['tokens_per_char']:.3f}", f"{t['en']['tokens_per_char']:.3f}"]
+                  for w, t in (("base (SmolLM2)", fb), ("extended", fe))])
+    step = voc["cpt_step_seconds_median"]
+    gen = voc["generation_seconds_per_line"]
+    md += [
+        "",
+        f"![fertility]({fert_png})",
+        "",
+        f"The arms after `base` use the extended vocabulary ({voc['new_tokens']:,} Tibetan tokens trained on "
+        f"{size['tokenizer_lines']:,} Nanhai lines; zh and en encode exactly as before). It makes Tibetan sequences "
+        f"{voc['sequence_length_ratio']:.1f}× shorter on FLORES dev bo. Training cost per token is nearly the same "
+        f"(the output layer grows by {voc['new_tokens']:,} of {fb['vocab_size']:,} rows), so a CPT step of "
+        f"{voc['cpt_tokens_per_step']:,} tokens (median {step:.1f} s here) reads "
+        f"{voc['cpt_tibetan_bytes_per_step']['extended'] / 1000:.1f} kB of Tibetan instead of "
+        f"{voc['cpt_tibetan_bytes_per_step']['base'] / 1000:.1f} kB. Generation is paid per token: writing the reference "
+        f"lines takes {voc['reference_tokens_per_line']['base']:.0f} steps per line with the base vocabulary and "
+        f"{voc['reference_tokens_per_line']['extended']:.0f} with the extended one; measured here, greedy decoding took "
+        + ", ".join(f"{a} {gen[a]['zh-bo']['seconds_per_line']:.2f} s" for a in ARMS if gen[a]["zh-bo"]["seconds_per_line"])
+        + " per zh→bo line (all arms stop at the same token budget, so per line they cost about the same; the base "
+        "vocabulary would need the longer budget to write the same Tibetan).",
+        "",
+        "## Bits per byte (FLORES-200 dev bo)",
+        "",
+        f"First {data['bits_per_byte_set']['lines']} lines of the subset ({data['bits_per_byte_set']['bytes']:,} bytes), "
+        "each line a document; lower is better.",
+        "",
+    ]
+    rows = [["base", f"{models['base']['bits_per_byte']:.3f}", f"{models['base']['perplexity']:.2f}"],
+            ["init", f"{data['init']['bits_per_byte']:.3f}", f"{data['init']['perplexity']:.2f}"]]
+    rows += [[a, f"{models[a]['bits_per_byte']:.3f}", f"{models[a]['perplexity']:.2f}"] for a in ("cpt", "sft", "cpt_sft")]
+    md += _table(["arm", "bits per byte", "perplexity per token (own tokenizer)"], rows)
+    md += ["", f"![bits per byte]({bpb_png})", ""]
+    md += ["## Translation into Tibetan (FLORES-200 dev subset)", "",
+           f"The first {lines_n} lines per direction; greedy decoding; chrF on normalised text and BLEU on syllables "
+           "(sacrebleu), [95% bootstrap interval, 1000 resamples].", ""]
+    rows = []
+    for d in DIRECTIONS:
+        for a in ARMS:
+            m = models[a][d]
+            rows.append([LANG[d], a, _fmt_ci(m["chrf"], m["chrf_ci95"]), _fmt_ci(m["bleu_syllable"], m["bleu_syllable_ci95"]),
+                         f"{m['chrf_pp']:.2f}", f"{m['tibetan_share']:.0%}", f"`{m['hyp']}`"])
+    md += _table(["direction", "arm", "chrF", "BLEU (syllables)", "chrF++", "Tibetan share of output", "hypotheses"], rows)
+    md += ["", f"![translation]({tr_png})", "", "### Paired significance (sacrebleu paired bootstrap, 1000 resamples)", ""]
+    rows = []
+    for d in DIRECTIONS:
+        for other in ("sft", "base", "cpt"):
+            s = sig[d][f"cpt_sft_vs_{other}"]
+            rows.append([LANG[d], f"cpt_sft vs {other}",
+                         f"{s['chrf']['cpt_sft']:.2f} vs {s['chrf'][other]:.2f} ({s['chrf']['delta']:+.2f}), p = {s['chrf']['p_value']:.3f}",
+                         f"{s['bleu_syllable']['cpt_sft']:.2f} vs {s['bleu_syllable'][other]:.2f} "
+                         f"({s['bleu_syllable']['delta']:+.2f}), p = {s['bleu_syllable']['p_value']:.3f}"])
+    md += _table(["direction", "comparison", "chrF", "BLEU (syllables)"], rows)
+    md += ["", "**Does the first stage earn its cost?** (`cpt_sft` vs `sft`)", ""]
+    for d in DIRECTIONS:
+        s = sig[d]["cpt_sft_vs_sft"]["chrf"]
+        md.append(f"- {LANG[d]}: {_conclusion(s['delta'], s['p_value'], half_width[d], lines_n)}.")
+    md += ["", f"With {lines_n} sentences per direction the chrF intervals are about ±{max(half_width.values()):.1f} points wide; "
+           f"and this demo trains for {size['cpt_iterations']} CPT and {size['sft_iterations']} SFT steps. The question is the "
+           "study's to answer with the full FLORES dev set (997 lines, `--flores-lines 997`) and the cluster recipe in README.md.", ""]
+    checks = data["checks"]
+    md += ["Checks: bits per byte falls with CPT (below base and init): **" + str(checks["bits_per_byte_falls_with_cpt"]).lower()
+           + "**; cpt_sft's chrF above base's: " + ", ".join(f"{LANG[d]} **{str(v).lower()}**" for d, v in checks["cpt_sft_chrf_above_base"].items())
+           + " (intervals apart: " + ", ".join(f"{LANG[d]} {str(v).lower()}" for d, v in checks["cpt_sft_chrf_interval_above_base"].items()) + ").", ""]
+    md += ["## Training", ""]
+    cpt_d, sft_d = data["data"]["cpt"], data["data"]["sft"]
+    md += [f"CPT data: {cpt_d['documents_out']:,} Nanhai documents, {cpt_d['tokens']:,} tokens. SFT data: "
+           f"{sft_d['splits']['train']['examples']:,} NTREX-128 zh→bo and en→bo examples "
+           f"({sft_d['splits']['train']['tokens']:,} tokens, {sft_d['splits']['train']['trained_tokens']:,} of them trained; "
+           f"FLORES dev lines excluded: {sft_d['dropped'].get('leak_exclude', 0)} dropped), packed into {size['sft_seq_length']}-token sequences.", ""]
+    rows = [[a, t["steps"], f"{t['loss_first']:.3f}", f"{t['loss_last']:.3f}",
+             f"{t['step_seconds_median']:.1f}" if t["step_seconds_median"] else "–",
+             f"{t['tokens_per_second_median']:.0f}" if t["tokens_per_second_median"] else "–"] for a, t in data["training"].items()]
+    md += _table(["run", "steps", "first loss", "last loss", "median step (s)", "tokens/s"], rows)
+    md += ["", f"![training loss]({train_png})", "", "## What each stage moved (layer-wise analysis)", "",
+           "Relative weight change ‖ΔW‖/‖W‖ per layer and module (after a few Adam steps it mostly mirrors 1/RMS(W); "
+           "see README.md, section 5).", ""]
+    md += _table(["comparison", "‖ΔW‖/‖W‖ (all)", "largest module", "heatmap"],
+                 [[k, f"{v['relative']:.2e}", f"{v['top_module']} ({v['top_module_relative']:.2e})",
+                   f"![{k}]({heatmaps[k]})"]
+                  for k, v in data["layers"].items()])
+    md += ["", "## The commands (each stage as a user types it)", ""]
+    md += _table(["#", "stage", "wall s", "CPU s", "peak MiB", "load avg", "threads", ""],
+                 [[i, r["title"], f"{r['seconds']:.0f}", f"{r['cpu_seconds']:.0f}", r["peak_rss_mib"], f"{r['load_average'][1]:.1f}",
+                   r.get("threads", ""), "skipped (done before)" if r.get("skipped") else ""] for i, r in enumerate(records, 1)])
+    md += ["", "```"] + [f"# {i}. {r['title']}\n{r['command']}" for i, r in enumerate(records, 1)] + ["```", ""]
+    return md
