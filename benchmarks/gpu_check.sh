@@ -16,7 +16,9 @@ PYTHON=${PYTHON:-python3}
 MEGATRON_CORE=${MEGATRON_CORE:-megatron-core==0.19.2}
 
 if [ "${1:-}" = "--download" ]; then
-    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+    exclude=$(git rev-parse --git-path info/exclude)
+    mkdir -p "$(dirname "$exclude")"
+    grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >> "$exclude"
     # the wheel's tag is manylinux_2_24/2_28: manylinux2014 alone finds nothing
     "$PYTHON" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux2014_x86_64 \
