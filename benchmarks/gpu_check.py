@@ -29,7 +29,9 @@ Stages (each timed and recorded on its own: one that fails is reported and the o
    and gradient norms at steps 4-6 must equal the uninterrupted ones (within 10x the noise; bitwise when
    the device is deterministic, as the CPU is). Deterministic kernels are asked for (warn only).
 
-Writes OUTPUT/gpu_check.json (after every stage) and OUTPUT/gpu_check.png; prints a table last. Exit status
+Writes OUTPUT/gpu_check.json (after every stage), OUTPUT/gpu_check.png and OUTPUT/gpu_check_profile.txt (one more
+step of each implementation under torch's profiler, outside the timed ones; ``--no-profile`` skips it); prints a
+table last. Exit status
 1 when a stage failed or a correctness check (conversion, resume) did not pass; the speed targets (MFU >= 45 %,
 >= 1.3x transformers) are reported, not enforced.
 """
@@ -85,6 +87,7 @@ SIZES = {
                     resume_model={**QWEN25_1_5B, **TINY}, resume_seq_length=64, document_tokens=(8, 256)),
 }
 RESUME_STEPS, RESUME_STOP = 6, 3
+PROFILE_ROWS = 25
 TARGETS = {"mfu": 0.45, "ratio_vs_transformers": 1.3}
 
 
@@ -241,8 +244,35 @@ def timing(step_times: list[float], tokens_per_step: int, flops_per_token: float
             "tflops": tflops, "mfu": tflops * 1e12 / peak if peak else None}
 
 
+def profiled(step, device: str) -> tuple[object, dict]:
+    """Run ``step()`` under torch's profiler: (its result, {"table": operators and kernels by self time on the
+    device, "top": the 10 kernels with the most, with their share of all kernel time}); on the CPU (dry run)
+    operators by self CPU time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        result = step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    events = list(prof.key_averages())
+    if device == "cuda":  # the kernels themselves (operators would count their kernels' time a second time)
+        from torch.autograd import DeviceType
+
+        events = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA] or events
+    events.sort(key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in events) or 1.0
+    top = [{"name": e.key, "self_ms": getattr(e, key) / 1e3, "share": getattr(e, key) / total, "calls": e.count}
+           for e in events[:10]]
+    return result, {"table": prof.key_averages().table(sort_by=key, row_limit=PROFILE_ROWS, max_name_column_width=70),
+                    "top": top}
+
+
 def megatron_run(ctx, recompute: str | None) -> tuple[dict, object]:
-    """(figures, training dataset) of the Trainer on the CPT model with recompute ``recompute``."""
+    """(figures, training dataset) of the Trainer on the CPT model with recompute ``recompute``; with
+    ``--profile`` one more step runs under the profiler, outside the timed ones."""
     import torch
 
     from megatron_tibetan.checkpoint_dir import unwrap
@@ -251,25 +281,41 @@ def megatron_run(ctx, recompute: str | None) -> tuple[dict, object]:
 
     a = ctx.args
     name = f"megatron_recompute_{recompute or 'off'}"
-    cfg = cpt_config(ctx, name, ctx.sizes["cpt_model"], ctx.sizes["seq_length"], a.warmup + a.steps,
+    iterations = a.warmup + a.steps + (1 if a.profile else 0)
+    cfg = cpt_config(ctx, name, ctx.sizes["cpt_model"], ctx.sizes["seq_length"], iterations,
                      f"model.recompute_granularity={recompute or 'null'}")
+
+    class ProfiledLastStep(Trainer):
+        profile = None
+
+        def train_step(self, iterators):
+            if a.profile and self.iteration + 1 == iterations:
+                result, ProfiledLastStep.profile = profiled(lambda: super(ProfiledLastStep, self).train_step(iterators),
+                                                            ctx.device)
+                return result
+            return super().train_step(iterators)
+
     free_memory()
-    trainer = Trainer(cfg)
+    trainer = ProfiledLastStep(cfg)
     if ctx.peak:
         trainer.throughput.peak_flops = ctx.peak  # the Trainer's own MFU against this run's measured peak
     records = trainer.train()["records"]
     layer = unwrap(trainer.model[0]).decoder.layers[0]
     optimizer = trainer.optimizer.chained_optimizers[0] if hasattr(trainer.optimizer, "chained_optimizers") else trainer.optimizer
     inner = optimizer.optimizer
-    out = timing([r["step_time_s"] for r in records[a.warmup:]], cfg.batch.global_batch_size * cfg.data.seq_length,
+    out = timing([r["step_time_s"] for r in records[a.warmup:a.warmup + a.steps]],
+                 cfg.batch.global_batch_size * cfg.data.seq_length,
                  flops_per_token(trainer.spec["hf_config"], cfg.data.seq_length), ctx.peak)
+    ctx.profiles[name] = ProfiledLastStep.profile
     out.update(
         losses=[r["loss"] for r in records], grad_norms=[r["grad_norm"] for r in records],
         core_attention=type(layer.self_attention.core_attention).__name__,
         optimizer=f"{type(optimizer).__name__} over {type(inner).__module__}.{type(inner).__name__}"
                   + (" (fused)" if inner.param_groups[0].get("fused") else ""),
         parameters=sum(p.numel() for p in trainer.model[0].parameters()),
-        trainer_tflops_per_device=records[-1].get("tflops_per_device"), trainer_mfu=records[-1].get("mfu"),
+        trainer_tflops_per_device=records[a.warmup + a.steps - 1].get("tflops_per_device"),
+        trainer_mfu=records[a.warmup + a.steps - 1].get("mfu"),
+        top_kernels=ProfiledLastStep.profile["top"] if ProfiledLastStep.profile else None,
         max_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if ctx.device == "cuda" else None,
     )
     dataset = trainer.train_data
@@ -301,10 +347,9 @@ def transformers_run(ctx, dataset) -> dict:
                                   weight_decay=o.weight_decay, fused=True)
     micro_batches = MicroBatches(dataset, a.micro_batch, 0, 1, 0)
     per_step = a.global_batch // a.micro_batch
-    times, losses = [], []
-    for step in range(a.warmup + a.steps):
-        start = time.perf_counter()  # reading the batch counts, as it does in the Trainer's step
-        batches = [next(micro_batches) for _ in range(per_step)]
+
+    def step() -> float:
+        batches = [next(micro_batches) for _ in range(per_step)]  # timed, as in the Trainer's step
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for batch in batches:
@@ -315,15 +360,26 @@ def transformers_run(ctx, dataset) -> dict:
             total += loss.detach()
         torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad)
         optimizer.step()
-        losses.append(float(total) / per_step)  # synchronises
+        return float(total) / per_step  # synchronises
+
+    times, losses = [], []
+    for i in range(a.warmup + a.steps):
+        start = time.perf_counter()
+        losses.append(step())
         if ctx.device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-        print(f"[transformers] step {step + 1}/{a.warmup + a.steps}: {times[-1]:.3f} s, loss {losses[-1]:.4f}", flush=True)
+        print(f"[transformers] step {i + 1}/{a.warmup + a.steps}: {times[-1]:.3f} s, loss {losses[-1]:.4f}", flush=True)
+    profile = None
+    if a.profile:
+        loss, profile = profiled(step, ctx.device)
+        losses.append(loss)
+    ctx.profiles["transformers"] = profile
     out = timing(times[a.warmup:], a.global_batch * ctx.sizes["seq_length"],
                  flops_per_token(ctx.sizes["cpt_model"], ctx.sizes["seq_length"]), ctx.peak)
     out.update(losses=losses, parameters=sum(p.numel() for p in model.parameters()),
-               max_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if ctx.device == "cuda" else None)
+               max_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if ctx.device == "cuda" else None,
+               top_kernels=profile["top"] if profile else None)
     del model, optimizer
     free_memory()
     return out
@@ -434,6 +490,7 @@ class Context:
         self.output = Path(args.output)
         self.peak = None
         self.results = {}
+        self.profiles = {}
         self._data = {}
 
     def data(self, vocab_size: int) -> tuple[str, Path]:
@@ -491,6 +548,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, help="timed steps per implementation (default 8; dry run 2)")
     parser.add_argument("--micro-batch", type=int, default=2)
     parser.add_argument("--global-batch", type=int, help="sequences per step (default 8; dry run 4)")
+    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                        help="profile one more step of each implementation (gpu_check_profile.txt)")
     args = parser.parse_args(argv)
     args.warmup = args.warmup if args.warmup is not None else 1 if args.dry_run else 2
     args.steps = args.steps or (2 if args.dry_run else 8)
@@ -529,6 +588,9 @@ def main(argv=None) -> int:
     write_json(ctx.output / "gpu_check.json", ctx.results)
     if "throughput" in ctx.results:
         plot(ctx.results, ctx.output / "gpu_check.png")
+    if any(ctx.profiles.values()):
+        (ctx.output / "gpu_check_profile.txt").write_text("\n\n".join(
+            f"{name} (one step, by self time on the {ctx.device})\n{p['table']}" for name, p in ctx.profiles.items() if p))
     print("\n" + table(ctx.results), flush=True)
     failed = [n for n, s in ctx.results["stages"].items() if not s["ok"]]
     failed += [n for n in ("conversion", "resume") if n in ctx.results and not ctx.results[n]["passed"]]
@@ -571,6 +633,8 @@ def table(results: dict) -> str:
             mem = f", {r['max_memory_gib']:.1f} GiB" if r.get("max_memory_gib") is not None else ""
             rows.append((name, f"{r['tokens_per_s']:,.0f} tokens/s, {r['step_time_s']:.3f} s/step, "
                                f"{r['tflops']:.1f} TFLOP/s{mfu}{mem}"))
+            if r.get("top_kernels"):
+                rows.append(("  top self time", ", ".join(f"{k['name'][:40]} {k['share']:.0%}" for k in r["top_kernels"][:3])))
         rows.append(("vs transformers", ", ".join(f"{k} {v:.2f}x" for k, v in t["ratio_vs_transformers"].items())))
     if "resume" in results:
         r = results["resume"]

@@ -33,8 +33,10 @@ def test_every_stage_ran_and_outputs_written(dry_run):
     assert env["dry_run"] and env["device"] == "cpu" and env["megatron_core"]
     assert result["peak"]["flops"] > 0 and len(result["peak"]["times_ms"]) == 3
     assert (out / "gpu_check.png").stat().st_size > 0
+    profile = (out / "gpu_check_profile.txt").read_text()
+    assert all(f"{name} (one step" in profile for name in ("megatron_recompute_off", "transformers")), profile[:500]
     assert (out / "gpu_check.log").read_text().rstrip().endswith(stdout.rstrip().splitlines()[-1])
-    last = stdout.rstrip().splitlines()[-12:]  # the table comes last
+    last = stdout.rstrip().splitlines()[-15:]  # the table comes last
     assert last[0].startswith("device") and any(line.startswith("resume (dist. opt.)") for line in last), last
 
 
@@ -54,7 +56,9 @@ def test_throughput_runs_the_projects_path_and_the_baseline(dry_run):
         assert len(r["step_times_s"]) == t["timed_steps"] == 2, name
         assert r["tokens_per_s"] == pytest.approx(t["tokens_per_step"] / r["step_time_s"])
         assert r["tflops"] > 0 and 0 < r["mfu"], name
-        assert len(r["losses"]) == t["warmup_steps"] + t["timed_steps"] and all(math.isfinite(x) for x in r["losses"])
+        # warm-up, timed and one profiled step
+        assert len(r["losses"]) == t["warmup_steps"] + t["timed_steps"] + 1 and all(math.isfinite(x) for x in r["losses"])
+        assert r["top_kernels"] and sum(k["share"] for k in r["top_kernels"]) <= 1 + 1e-9, name
         assert abs(r["losses"][0] - math.log(t["model"]["vocab_size"])) < 0.5, name  # random init, random tokens
     for name in ("megatron_recompute_off", "megatron_recompute_selective"):
         r = t["runs"][name]
