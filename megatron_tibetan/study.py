@@ -82,6 +82,7 @@ class Stage:
     outputs: list[Path] = field(default_factory=list)  # must exist for the stage to count as done
     needs: list[str] = field(default_factory=list)  # stages whose outputs it reads
     threads: int | None = None  # cores it uses (OMP_NUM_THREADS); None: all
+    clean: list[Path] = field(default_factory=list)  # removed before it runs (a training run would resume from them)
 
 
 class StageFailed(RuntimeError):
@@ -186,6 +187,8 @@ def run_stages(stages: list[Stage], out: Path, force: bool = False, cores: int |
                 env = dict(os.environ, PYTHONUNBUFFERED="1")
                 env.setdefault("OMP_NUM_THREADS", str(threads))  # a user's setting wins
                 log(f"\n[study] {index[stage.key]}/{n} {stage.title}\n$ {_show(stage.command)}", flush=True)
+                for path in stage.clean:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
                 r = _Running(index[stage.key], stage, env, logs, prefix=cores > 1)
                 running[r.proc.pid] = r
                 used += r.threads
@@ -293,7 +296,7 @@ def build_stages(size: Size, out: Path, seed: int = 1234) -> list[Stage]:
         Stage("tokenizer", f"Tibetan-extended tokenizer: {size.new_tokens:,} tokens trained on {size.tokenizer_lines:,} Nanhai lines",
               [py, "tools/extend_tokenizer.py", "--base", "smollm2", "--num-new-tokens", str(size.new_tokens),
                "--corpus", d["nanhai"], "--max-lines-per-file", str(size.tokenizer_lines), "--output", tok],
-              outputs=[p.tokenizer / "tokenizer.json"], threads=train_threads),
+              outputs=[p.tokenizer / "tokenizer.json"], threads=train_threads, clean=[p.tokenizer]),
     ]
     for which, spec in (("base", "smollm2"), ("extended", tok)):
         stages.append(Stage(f"fertility_{which}", f"fertility of the {which} tokenizer on FLORES-200 dev (bo, zh, en)",
@@ -316,7 +319,7 @@ def build_stages(size: Size, out: Path, seed: int = 1234) -> list[Stage]:
               [py, "tools/convert_checkpoint.py", "import", "--hf", base, "--tokenizer", tok,
                "--output", _rel(p.checkpoints("init"))],
               outputs=[p.checkpoints("init") / "model.json"], needs=["tokenizer"] + (["tiny_model"] if size.tiny_model else []),
-              threads=1),
+              threads=1, clean=[p.checkpoints("init")]),
         Stage("cpt", f"stage 1, continual pretraining on Tibetan: {size.cpt_iterations} steps of "
               f"{size.cpt_global_batch} x {size.cpt_seq_length} tokens",
               [py, "-m", "megatron_tibetan.train", "--config", "configs/cpt/smollm2-135m.yaml",
@@ -328,7 +331,8 @@ def build_stages(size: Size, out: Path, seed: int = 1234) -> list[Stage]:
                f"batch.global_batch_size={size.cpt_global_batch}", f"batch.micro_batch_size={size.cpt_micro_batch}",
                f"train.iterations={size.cpt_iterations}", f"schedule.warmup_iterations={max(1, size.cpt_iterations // 8)}",
                f"train.seed={seed}"] + lr,
-              outputs=[p.checkpoints("cpt")], needs=["cpt_data", "import"], threads=train_threads),
+              outputs=[p.checkpoints("cpt")], needs=["cpt_data", "import"], threads=train_threads,
+              clean=[p.checkpoints("cpt"), out / "cpt"]),
     ]
     for arm, start in (("sft", "init"), ("cpt_sft", "cpt")):
         what = "the imported base (single-stage ablation)" if arm == "sft" else "the CPT checkpoint"
@@ -340,12 +344,14 @@ def build_stages(size: Size, out: Path, seed: int = 1234) -> list[Stage]:
              "checkpoint.save_interval=null", f"logging.dir={_rel(out / arm)}", "logging.progress=false",
              f"batch.global_batch_size={size.sft_global_batch}", "batch.micro_batch_size=1", "train.epochs=null",
              f"train.iterations={size.sft_iterations}", "validation.interval=null", f"train.seed={seed}"] + lr,
-            outputs=[p.checkpoints(arm)], needs=["sft_data", "import" if start == "init" else "cpt"], threads=train_threads))
+            outputs=[p.checkpoints(arm)], needs=["sft_data", "import" if start == "init" else "cpt"], threads=train_threads,
+            clean=[p.checkpoints(arm), out / arm]))
     for arm in ("init", "cpt", "sft", "cpt_sft"):
         stages.append(Stage(f"export_{arm}", f"export {arm} -> Hugging Face directory",
                             [py, "tools/convert_checkpoint.py", "export", "--megatron", _rel(p.checkpoints(arm)),
                              "--output", _rel(p.hf(arm))],
-                            outputs=[p.hf(arm) / "config.json"], needs=["import" if arm == "init" else arm], threads=1))
+                            outputs=[p.hf(arm) / "config.json"], needs=["import" if arm == "init" else arm], threads=1,
+                            clean=[p.hf(arm)]))
     n = size.flores_lines
     subset = {lang: p.flores(lang, n) for lang in ("bo", "zh", "en")}
     stages.append(Stage("flores_subset", f"the fixed FLORES-200 dev subset: its first {n} lines",

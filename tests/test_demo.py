@@ -35,7 +35,8 @@ def _chain(tmp: Path, text_b: str = "b") -> list[Stage]:
     """a -> b -> c, and d on its own."""
     return [
         Stage("a", "first", _write(tmp / "a.txt", "a"), outputs=[tmp / "a.txt"], threads=1),
-        Stage("b", "after a", _write(tmp / "b.txt", text_b), outputs=[tmp / "b.txt"], needs=["a"], threads=1),
+        Stage("b", "after a", _write(tmp / "b.txt", text_b), outputs=[tmp / "b.txt"], needs=["a"], threads=1,
+              clean=[tmp / "b.state"]),  # as a training stage's checkpoint folder, which a rerun would resume from
         Stage("c", "after b", _write(tmp / "c.txt", "c"), outputs=[tmp / "c.txt"], needs=["b"], threads=1),
         Stage("d", "independent", _write(tmp / "d.txt", "d"), outputs=[tmp / "d.txt"], threads=1),
     ]
@@ -54,9 +55,11 @@ def test_runner_skips_what_is_done_and_reruns_what_changed(tmp_path):
         assert r["seconds"] > 0 and r["cpu_seconds"] >= 0 and r["peak_rss_mib"] > 0 and r["command"].startswith("python -c")
         assert (tmp_path / "out" / "stages" / f"{r['key']}.json").is_file()
     assert _ran(run_stages(_chain(tmp_path), tmp_path / "out", log=quiet)) == []
-    # a changed command reruns its stage and what depends on it, not the independent one
+    # a changed command reruns its stage (from a clean state) and what depends on it, not the independent one
+    (tmp_path / "b.state").mkdir()
+    (tmp_path / "b.state" / "latest").write_text("1")
     assert _ran(run_stages(_chain(tmp_path, text_b="b2"), tmp_path / "out", log=quiet)) == ["b", "c"]
-    assert (tmp_path / "b.txt").read_text() == "b2"
+    assert (tmp_path / "b.txt").read_text() == "b2" and not (tmp_path / "b.state").exists()
     # a missing output reruns that stage (and its dependants)
     (tmp_path / "a.txt").unlink()
     assert _ran(run_stages(_chain(tmp_path, text_b="b2"), tmp_path / "out", log=quiet)) == ["a", "b", "c"]
