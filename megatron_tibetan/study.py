@@ -250,6 +250,10 @@ class Paths:
     def hf(self, arm: str) -> Path:
         return self.out / "hf" / arm
 
+    @property
+    def bpb(self) -> Path:
+        return self.out / "eval" / "bpb"
+
     def evaluation(self, lines: int) -> Path:
         return self.out / "eval" / f"flores{lines}"
 
@@ -361,11 +365,11 @@ def build_stages(size: Size, out: Path, seed: int = 1234) -> list[Stage]:
     arms = {"base": base, **{arm: _rel(p.hf(arm)) for arm in ("cpt", "sft", "cpt_sft")}}
     models = [f"{name}={path}" for name, path in {"init": _rel(p.hf("init")), **arms}.items()]
     evaluate = [py, "tools/evaluate.py"]
-    stages.append(Stage("eval_bpb", f"bits per byte on the first {size.ppl_lines} subset lines (FLORES dev bo)",
+    stages.append(Stage("eval_bpb", f"bits per byte on the first {size.ppl_lines} lines of FLORES-200 dev bo",
                         evaluate + sum((["--model", m] for m in models), []) + [
-                            "--ppl", _rel(subset["bo"]), "--limit", str(size.ppl_lines), "--output", _rel(p.evaluation(n) / "bpb")],
-                        outputs=[p.evaluation(n) / "bpb" / "metrics.json"],
-                        needs=["flores_subset"] + [f"export_{a}" for a in ("init", "cpt", "sft", "cpt_sft")], threads=1))
+                            "--ppl", d["flores_bo"], "--limit", str(size.ppl_lines), "--output", _rel(p.bpb)],
+                        outputs=[p.bpb / "metrics.json"], needs=[f"export_{a}" for a in ("init", "cpt", "sft", "cpt_sft")],
+                        threads=1))
     # one evaluation per direction (single-threaded, so the two run side by side); cpt_sft first: the paired
     # bootstrap tests every other arm against it
     order = ["cpt_sft", "sft", "cpt", "base"]
@@ -410,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.flores_lines is not None:
         if args.flores_lines < 2:
             parser.error("--flores-lines: at least 2 lines (bootstrap intervals need several)")
-        size = replace(size, flores_lines=args.flores_lines, ppl_lines=min(size.ppl_lines, args.flores_lines))
+        size = replace(size, flores_lines=args.flores_lines)
     out = Path(args.output or ("runs/demo-tiny" if args.tiny else "runs/demo"))
     out = out if out.is_absolute() else ROOT / out
     if not (data_dir() / "README.md").is_file():
@@ -436,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = write_report(
         report_dir, size=size.__dict__, records=records, seconds_this_run=time.perf_counter() - start,
         fertility={w: paths.fertility(w) for w in ("base", "extended")},
-        bpb=paths.evaluation(size.flores_lines) / "bpb" / "metrics.json",
+        bpb=paths.bpb / "metrics.json",
         translation={f"{lang}-bo": paths.evaluation(size.flores_lines) / f"translation_{lang}" / "metrics.json"
                      for lang in DIRECTIONS},
         references={f"{lang}-bo": paths.flores("bo", size.flores_lines) for lang in DIRECTIONS},

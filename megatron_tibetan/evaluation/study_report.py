@@ -275,7 +275,7 @@ def write_report(out: Path, size: dict, records: list[dict], seconds_this_run: f
     return [
         f"tokens per Tibetan syllable (FLORES dev bo): base {vocabulary['bo_tokens_per_syllable']['base']:.2f}, "
         f"extended {vocabulary['bo_tokens_per_syllable']['extended']:.2f}",
-        f"bits per byte (first {data['bits_per_byte_set']['lines']} subset lines): base {models['base']['bits_per_byte']:.3f}, "
+        f"bits per byte (first {data['bits_per_byte_set']['lines']} FLORES dev bo lines): base {models['base']['bits_per_byte']:.3f}, "
         f"init {data['init']['bits_per_byte']:.3f}, cpt {models['cpt']['bits_per_byte']:.3f}, "
         f"sft {models['sft']['bits_per_byte']:.3f}, cpt_sft {models['cpt_sft']['bits_per_byte']:.3f}",
         chrf_line("zh-bo"), chrf_line("en-bo"),
@@ -344,7 +344,7 @@ def _markdown(data, size, records, bpb_png, tr_png, fert_png, train_png, half_wi
         "",
         "## Bits per byte (FLORES-200 dev bo)",
         "",
-        f"First {data['bits_per_byte_set']['lines']} lines of the subset ({data['bits_per_byte_set']['bytes']:,} bytes), "
+        f"The first {data['bits_per_byte_set']['lines']} lines ({data['bits_per_byte_set']['bytes']:,} bytes), "
         "each line a document; lower is better.",
         "",
     ]
