@@ -109,8 +109,11 @@ class _Running:
     def __init__(self, index: int, stage: Stage, env: dict, logs: Path, prefix: bool):
         self.index, self.stage, self.threads = index, stage, int(env["OMP_NUM_THREADS"])
         self.load_before, self.start, self.started = os.getloadavg()[0], time.perf_counter(), time.time()
-        self.log_path = logs / f"{stage.key}.log"
-        self.proc = subprocess.Popen(stage.command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.log_path, self.usage_path = logs / f"{stage.key}.log", logs / f"{stage.key}.usage.json"
+        self.usage_path.unlink(missing_ok=True)
+        # through a small launcher: a child's peak RSS would otherwise include this process's memory at fork
+        self.proc = subprocess.Popen([sys.executable, "-m", "megatron_tibetan.run_measured", str(self.usage_path),
+                                      *stage.command], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.copier = threading.Thread(target=self._copy, args=(f"[{stage.key}] " if prefix else "",), daemon=True)
         self.copier.start()
 
@@ -122,15 +125,16 @@ class _Running:
                 log.write(line + "\n")
                 print(prefix + line, flush=True)
 
-    def finish(self, status: int, usage) -> dict:
+    def finish(self, status: int) -> dict:
         self.proc.returncode = code = os.waitstatus_to_exitcode(status)
         self.copier.join()
         if code != 0:
             raise StageFailed(f"stage '{self.stage.key}' failed with exit status {code} (log: {_rel(self.log_path)}): "
                               f"{_show(self.stage.command)}")
-        # ru_maxrss from wait4: the peak of this child and of the descendants it waited for (workers, savers)
-        return {"seconds": round(time.perf_counter() - self.start, 2), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
-                "peak_rss_mib": round(usage.ru_maxrss / 1024), "threads": self.threads,
+        # the peak of the command and of the descendants it waited for (workers, savers): see run_measured
+        usage = json.loads(self.usage_path.read_text())
+        return {"seconds": round(time.perf_counter() - self.start, 3), "cpu_seconds": usage["cpu_seconds"],
+                "peak_rss_mib": usage["peak_rss_mib"], "threads": self.threads,
                 "load_average": [round(self.load_before, 2), round(os.getloadavg()[0], 2)]}
 
     def stop(self) -> None:
@@ -197,11 +201,11 @@ def run_stages(stages: list[Stage], out: Path, force: bool = False, cores: int |
                 if pending:  # nothing runs and nothing can start: a stage needs one that comes after it
                     raise ValueError(f"stages cannot start: {[s.key for s in pending]}")
                 break
-            pid, status, usage = os.wait4(-1, 0)  # whichever stage ends first, with its own resource usage
+            pid, status = os.waitpid(-1, 0)  # whichever stage ends first
             if pid not in running:
                 continue
             r = running.pop(pid)
-            result = r.finish(status, usage)
+            result = r.finish(status)
             record = {"key": r.stage.key, "title": r.stage.title, "command": _show(r.stage.command), **result,
                       "started": r.started, "finished": time.time()}
             (records_dir / f"{r.stage.key}.json").write_text(json.dumps(record, indent=2) + "\n")
