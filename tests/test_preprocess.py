@@ -1,7 +1,11 @@
 """Preprocessing into Megatron indexed datasets: tokens read back through megatron-core's IndexedDataset
 equal the tokenizer's own output (transformers' call) for the same normalised documents; counts
 balance; --workers 2 writes the same bytes as --workers 1; each kind of bad input gives a clear error
-or a counted skip, and leaves no partial dataset."""
+or a counted skip, and leaves no partial dataset. The chunk-at-once steps equal their per-document
+references: normalisation (real lines, each rule's trigger, random strings of the characters the rules
+touch), the filters and counts (check_text, count_syllables, tibetan_ratio, UTF-8 length), the block
+decoding (the per-line readers, on regular and irregular blocks), the bulk writer (megatron-core's
+add_document per document)."""
 
 import itertools
 import json
@@ -14,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megatron_tibetan.data.preprocess import PreprocessConfig, preprocess
-from megatron_tibetan.text import count_syllables, normalize
+from megatron_tibetan.data import preprocess as preprocess_module
+from megatron_tibetan.data.preprocess import PreprocessConfig, TextCounts, drop_reasons, normalize_texts, preprocess
+from megatron_tibetan.text import count_syllables, normalize, tibetan_ratio
 from megatron_tibetan.text.filters import FilterConfig, check_text
-from megatron_tibetan.text.readers import InputError
+from megatron_tibetan.text.readers import InputError, read_documents
 
 ROOT = Path(__file__).resolve().parents[1]
 N_DOCS = 1500
@@ -134,6 +139,107 @@ def test_qwen_vocabulary_is_written_as_int32(tmp_path, nanhai):
     import importlib.util
 
     assert stats["encoder"] == ("gigatoken" if importlib.util.find_spec("gigatoken") else "piece-cache")
+
+
+@pytest.fixture(scope="module")
+def kangyur(shared_data):
+    with lzma.open(shared_data / "mono" / "kangyur.bo.txt.xz", "rt", encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in itertools.islice(f, 300)]
+
+
+# what each normalisation rule acts on, and characters near them (spaces, marks, letters, composition)
+_RULE_CHARS = ["\x00", "\x07", "\x1c", "\x85", "\u200b", "\u00ad", "\ufeff", "\u0f77", "\u0f79", "\u0f43", "\u0f73",
+               "\u0f71", "\u0f72", "\u0f74", "\u0f7c", "\u0fb7", "\u0f0b", "\u0f0c", "\u0f0d", " ", "  ", "\t", "\n", "\r",
+               "\u00a0", "\u3000", "\u2028", "ཀ", "ག", "བ", "a", "é", "e\u0301", "\u212b", "中", "😀", "\uffff"]
+
+
+def test_batch_normalisation_equals_normalize(nanhai, kangyur):
+    import random
+
+    rng = random.Random(0)
+    generated = ["".join(rng.choice(_RULE_CHARS) for _ in range(rng.randint(0, 12))) for _ in range(3000)]
+    triggers = ["ཀ་་ཁ", "ཀ ་ཁ", "ཀ་ ཁ", "ཀ\u0f0cཁ", "།།།", " ཀ", "ཀ ", "ཀ  ཁ", "ཀ\nཁ", "\u0f42\u0fb7", "ཀ\u200b", ""]
+    texts = nanhai[1] + kangyur + triggers + generated
+    expected = [normalize(t, keep_newlines="\n" in t) for t in texts]
+    assert normalize_texts(texts) == expected
+    assert sum(a != b for a, b in zip(texts, expected)) > 1000  # the rules had work to do
+    normal = expected[: len(nanhai[1]) + len(kangyur)]
+    assert normalize_texts(normal) is normal  # real text, already normal: nothing redone
+
+
+def test_batch_counts_and_filters_equal_the_per_document_ones(nanhai, kangyur):
+    texts = nanhai[1] + kangyur + ["", " ", "ཀ", "abc def", "ཀ་ཁ \n中文", "😀ཀ་", "\u0f0b\u0f0b", "a\x00ཀ", "\ud800ཀ"]
+    for t in [texts, texts[:1], []]:
+        counts = TextCounts.of(t)
+        assert counts.chars.tolist() == [len(x) for x in t]
+        assert counts.syllables.tolist() == [count_syllables(x) for x in t]
+        assert counts.utf8_bytes.tolist() == [len(x.encode("utf-8", "surrogatepass")) for x in t]
+        non_space = counts.chars - counts.spaces
+        assert [a / b if b else 0.0 for a, b in zip(counts.tibetan.tolist(), non_space.tolist())] == list(map(tibetan_ratio, t))
+    for filters in (FilterConfig(), FilterConfig(min_chars=200, min_tibetan_ratio=0.9), FilterConfig(0, 0)):
+        reasons = drop_reasons([TextCounts.of(texts, tibetan=filters.min_tibetan_ratio > 0)], filters)
+        assert [preprocess_module._FILTER_REASONS[r] for r in reasons] == [check_text(x, filters) for x in texts]
+    # two keys: the first text that fails decides, as in the per-document path
+    first, second = texts, texts[::-1]
+    reasons = drop_reasons([TextCounts.of(first), TextCounts.of(second)], FilterConfig())
+    expected = [check_text(a, FilterConfig()) or check_text(b, FilterConfig()) for a, b in zip(first, second)]
+    assert [preprocess_module._FILTER_REASONS[r] for r in reasons] == expected
+
+
+@pytest.mark.parametrize("content", [
+    b'{"text": "\xe0\xbd\x80", "t": "a"}\n{"t": "b", "text": "c\\u0f0b"}\n',  # regular: the fast path
+    b'{"text": "a"}\n\n{"text": "b"}',  # a blank line, no final newline
+    b'{"text": "a"}\r\n {"text": "b"} \r\n',  # CRLF, spaces around the JSON
+    b'{"text": "a\xff"}\n{"text": "b"}\n',  # invalid UTF-8
+])
+def test_block_decoding_equals_the_line_readers(tmp_path, content):
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(content)
+    config = PreprocessConfig(inputs=(str(path),), output_prefix="unused", tokenizer="unused", chunk_bytes=8)
+    blocks = list(preprocess_module._read_chunks([path], config))
+    reference = preprocess_module._decode(list(read_documents(path)), ("text",))
+    decoded = [preprocess_module._decode(b, ("text",)) for b in blocks]
+    assert sum(d.documents for d in decoded) == reference.documents
+    assert sum(d.raw_bytes for d in decoded) == reference.raw_bytes
+    assert [t for d in decoded for t in d.columns[0]] == reference.columns[0]
+    assert [x for d in decoded for x in d.invalid] == reference.invalid
+    assert [b.first_line for b in blocks] == sorted({b.first_line for b in blocks})
+    limited = list(preprocess_module._read_chunks([path], PreprocessConfig(**{**config.__dict__, "limit": 1})))
+    assert sum(preprocess_module._decode(b, ("text",)).documents for b in limited) == 1
+
+
+def test_crlf_text_lines_and_limit(tmp_path, nanhai, tokenizer):
+    lines = nanhai[1][:30]
+    path = tmp_path / "crlf.txt"
+    path.write_bytes("\r\n".join(lines).encode() + b"\r\n")
+    stats = preprocess(_config(tmp_path, [path], limit=25, chunk_bytes=1024, filters=FilterConfig(0, 0, False)), tokenizer)
+    _, documents = _read(stats["datasets"]["text"])
+    assert stats["documents_in"] == 25 and documents == [tokenizer(normalize(t)).input_ids for t in lines[:25]]
+    assert stats["bytes_in"] == sum(len(t.encode()) for t in lines[:25])
+    assert stats["processing_cpu_seconds"] > 0 and 0 < stats["processing_seconds"] <= stats["seconds"]
+
+
+def test_bulk_writer_equals_megatron_add_document(tmp_path):
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    from megatron_tibetan.data.indexed import DocumentWriter
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 50, size=200)
+    tokens = rng.integers(0, 151000, size=int(lengths.sum()))
+    reference = IndexedDatasetBuilder(str(tmp_path / "ref.bin"), dtype=np.int32)
+    for document in np.split(tokens, np.cumsum(lengths)[:-1]):
+        reference.add_document(document, [len(document)])
+    reference.finalize(str(tmp_path / "ref.idx"))
+    with DocumentWriter(str(tmp_path / "bulk"), np.int32) as writer:
+        half = len(lengths) // 2
+        split = int(lengths[:half].sum())
+        writer.add_many(tokens[:split], lengths[:half])
+        writer.add_many(tokens[split:], lengths[half:])
+        with pytest.raises(ValueError, match="tokens for documents of"):
+            writer.add_many(tokens[:5], np.array([4]))
+    for suffix in (".bin", ".idx"):
+        assert (tmp_path / f"bulk{suffix}").read_bytes() == (tmp_path / f"ref{suffix}").read_bytes()
 
 
 def _no_output_left(tmp_path):

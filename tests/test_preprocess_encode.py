@@ -2,8 +2,9 @@
 loads the tokenizer (Qwen2.5), the pre-token cache elsewhere (SmolLM2, and a Qwen2.5 Tibetan extension
 through the two-phase BPE), on real Tibetan, English and Chinese lines and edge cases, with a
 BOS-adding post-processor and with a tiny cache; the start-up check refuses an encoder whose ids differ
-and says why; the `regex` engine splits like the tokenizers library on every character the cached path
-accepts; unsupported tokenizers fall back to the tokenizer itself."""
+and says why; the `regex` engine and its `re` translation split like the tokenizers library on every
+character the cached path accepts; the batch syllable cut equals the per-piece one; unsupported
+tokenizers fall back to the tokenizer itself."""
 
 import itertools
 import json
@@ -15,7 +16,7 @@ from tokenizers import Regex, Tokenizer, pre_tokenizers
 from megatron_tibetan import presets
 from megatron_tibetan.data import encode as encode_module
 from megatron_tibetan.data.encode import (
-    SAMPLE_TEXTS, PlainEncoder, TwoPhaseBPE, build_encoder, select_encoder, split_pattern,
+    SAMPLE_TEXTS, PlainEncoder, TwoPhaseBPE, build_encoder, select_encoder, split_pattern, stdlib_pattern,
 )
 from megatron_tibetan.tokenizer.pretokenize import GPT2_PATTERN
 
@@ -142,17 +143,55 @@ def test_two_phase_refuses_merges_out_of_order(extended, real_lines):
     assert encoder.encode_batch(texts) == _reference(tokenizer, texts)
 
 
-def test_regex_engine_splits_like_tokenizers_on_every_accepted_character(tokenizer):
-    pattern = split_pattern(json.loads(tokenizer.to_str()))
-    reference = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+def _splits_like_tokenizers(pattern):
+    """The `regex` engine and the `re` translation cut like the tokenizers library, every accepted character
+    in several contexts (the cached path sees only documents made of these characters)."""
+    import re
+
     import regex
 
-    ours = regex.compile(pattern)
+    reference = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    translated = stdlib_pattern(pattern)
+    assert translated is not None and translated != pattern
+    engines = [regex.compile(pattern), re.compile(translated)]
     accepted = [chr(c) for c in range(0x10000) if not encode_module._UNSTABLE_CHARS.match(chr(c))]
     assert len(accepted) > 20000
-    for template in ("a{}b", " {} ", "{0}{0}1", "ཀ{}་", "'{}s", "\n{}\n", "{} "):
+    for template in ("a{}b", " {} ", "{0}{0}1", "ཀ{}་", "'{}s", "\n{}\n", "{} ", "{0}  {0}\n\n"):
         text = "".join(template.format(c) for c in accepted)
-        assert ours.findall(text) == [piece for piece, _ in reference.pre_tokenize_str(text)], template
+        expected = [piece for piece, _ in reference.pre_tokenize_str(text)]
+        for engine in engines:
+            assert engine.findall(text) == expected, (template, engine)
+
+
+def test_regex_engines_split_like_tokenizers_on_every_accepted_character(tokenizer):
+    _splits_like_tokenizers(split_pattern(json.loads(tokenizer.to_str())))
+
+
+def test_extended_split_expression_in_re(extended):
+    backend, _ = extended
+    pattern = split_pattern(json.loads(backend.to_str()))
+    assert pattern.startswith(" ?[")  # the Tibetan alternatives in front of Qwen's expression
+    _splits_like_tokenizers(pattern)
+
+
+def test_stdlib_pattern_refuses_what_re_may_read_otherwise():
+    import re
+
+    assert stdlib_pattern(r"(?i)\p{L}+") is None  # global flags
+    assert stdlib_pattern(r"(?i:\p{Lu})") is None  # a class under case-insensitive matching
+    assert stdlib_pattern(r"\p{Lu}(?i:'s)") is not None  # the flag's scope ends before
+    assert stdlib_pattern(r"\x{41}") is None  # `regex` syntax `re` does not compile
+    literal_bracket = re.compile(stdlib_pattern(r"[]\s]+"))  # a ] first in a class is a character
+    assert literal_bracket.fullmatch("] \t]") and not literal_bracket.search("a")
+
+
+def test_batch_syllable_cut_equals_the_per_piece_cut():
+    pieces = ["ཀ་ཁ་ག", "སངས་རྒྱས་", " བོད་སྐད་དུ", "ཀ་ཁ", "།་ཀ", "ཀ་༡་ཁ", "ཀ\u0f0cཁ\u0f0c"]
+    per_piece = [part for piece in pieces for part in encode_module._SYLLABLE_CUT.split(piece) + ["\x00"]]
+    fast = encode_module._syllable_parts(pieces)  # every tsheg is a cut: str methods on the whole batch
+    assert [p for p in fast if p] == per_piece
+    for odd in ("ཀ་ ཁ་ག", "ཀ་a་ཁ", "ཀ་\x01ཁ་ག", "ཀ་\x00ཁ་ག"):  # a tsheg that is no cut, or a mark in the text
+        assert encode_module._syllable_parts(pieces + [odd]) == per_piece + encode_module._SYLLABLE_CUT.split(odd) + ["\x00"]
 
 
 def test_smollm2_uses_the_byte_level_expression():

@@ -44,11 +44,18 @@ class DocumentWriter:
         self.tokens += len(tokens)
 
     def add_many(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
-        """Documents given as one concatenated token array and their lengths."""
-        offset = 0
-        for length in lengths.tolist():
-            self.add(tokens[offset : offset + length])
-            offset += length
+        """Documents given as one concatenated token array and their lengths (one sequence each), appended
+        at once as megatron-core's ``add_index`` appends a whole dataset: the same files as one
+        ``add_document`` per document."""
+        if int(np.sum(lengths)) != len(tokens):
+            raise ValueError(f"{len(tokens)} tokens for documents of {int(np.sum(lengths))} in all")
+        builder = self._builder
+        builder.data_file.write(np.ascontiguousarray(tokens, dtype=self.dtype).data)
+        first = len(builder.sequence_lengths)
+        builder.sequence_lengths.extend(np.asarray(lengths).tolist())
+        builder.document_indices.extend(range(first + 1, first + len(lengths) + 1))
+        self.documents += len(lengths)
+        self.tokens += len(tokens)
 
     def __enter__(self) -> "DocumentWriter":
         return self

@@ -2,11 +2,17 @@
 
 The pipeline, per chunk of about ``chunk_bytes`` of input:
 
-    main process: read + decompress -> chunk ──► worker pool (ordered): decode, normalise, filter,
-    tokenise (the encoder that :func:`megatron_tibetan.data.encode.select_encoder` chose at start-up:
-    gigatoken, the pre-token cache or the tokenizer itself, always the tokenizer's own ids), pack the
-    tokens into one numpy array ◄── main process: drop exact duplicates, write through megatron-core's
+    main process: read + decompress whole lines (undecoded, not split) ──► worker pool (ordered): split
+    and decode the lines, parse JSON, normalise, filter, count, tokenise (the encoder that
+    :func:`megatron_tibetan.data.encode.select_encoder` chose at start-up: gigatoken, the pre-token
+    cache or the tokenizer itself, always the tokenizer's own ids), pack the tokens into one numpy
+    array ◄── main process: drop exact duplicates, append the chunk through megatron-core's
     IndexedDatasetBuilder
+
+Every step works on the whole chunk, not document by document: one decode and one ``split`` for the
+lines, one encoder call, the filters and counts with numpy over the chunk's code points, one write.
+Normalisation runs only on the documents where one of its rules could change something (found with
+one search over the chunk; :func:`normalize_texts`); the rest are already normal.
 
 Chunks are consumed in submission order, so the output does not depend on ``workers``. At most
 ``2 * workers + 2`` chunks are in flight, so memory is bounded by the chunk size, each worker's
@@ -18,24 +24,31 @@ Each worker encodes on one thread (``TOKENIZERS_PARALLELISM=false``): ``workers`
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import multiprocessing
+import operator
 import os
+import re
 import sys
 import time
+import unicodedata
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
 from megatron_tibetan.data.encode import build_encoder, select_encoder
 from megatron_tibetan.data.indexed import DocumentWriter, dataset_prefix, token_dtype
-from megatron_tibetan.text.filters import DROP_REASONS, DuplicateFilter, FilterConfig, check_text, text_digest
+from megatron_tibetan.text.filters import DROP_REASONS, DuplicateFilter, FilterConfig, text_digest
 from megatron_tibetan.text.normalize import normalize
-from megatron_tibetan.text.readers import InputError, RawDocument, decode_document, expand_inputs, is_jsonl, read_documents
-from megatron_tibetan.text.segment import count_syllables
+from megatron_tibetan.text.readers import (
+    _STREAM_ERRORS, InputError, RawDocument, decode_document, expand_inputs, is_jsonl, open_binary, read_documents,
+)
+from megatron_tibetan.text.segment import TIBETAN_SYLLABLE_CHARS
 
 MAX_INVALID_REPORTED = 100  # invalid UTF-8 locations kept in stats.json (all are counted)
 
@@ -65,6 +78,23 @@ class _WorkerSpec(NamedTuple):
     encoder: str  # chosen once by select_encoder in the main process
 
 
+class _Block(NamedTuple):
+    """Whole lines of one input file, undecoded: what the main process reads for a chunk."""
+
+    source: str
+    first_line: int  # 1-based number of the first line
+    data: bytes
+    is_json: bool
+
+    def documents(self) -> list[RawDocument]:
+        """One document per line, as :func:`megatron_tibetan.text.readers.read_documents` gives them."""
+        lines = self.data.split(b"\n")
+        if self.data.endswith(b"\n"):
+            lines.pop()
+        return [RawDocument(self.source, self.first_line + i, line.rstrip(b"\r\n"), self.is_json)
+                for i, line in enumerate(lines)]
+
+
 class _Chunk(NamedTuple):
     """What a worker returns for one chunk. The arrays cover the documents that passed the
     per-document filters; duplicates are decided in the main process, which sees every document."""
@@ -79,6 +109,7 @@ class _Chunk(NamedTuple):
     text_bytes: np.ndarray
     lengths: list[np.ndarray]  # per key, per kept document (eod included)
     tokens: list[np.ndarray]  # per key, all kept documents concatenated
+    cpu_seconds: float  # the worker's, since its previous chunk (or since it was ready)
 
 
 _WORKER: dict = {}
@@ -90,43 +121,42 @@ def _init_worker(spec: _WorkerSpec) -> None:
 
     _WORKER["encoder"] = build_encoder(Tokenizer.from_str(spec.tokenizer_json), spec.encoder)
     _WORKER["spec"] = spec
+    _WORKER["cpu_mark"] = time.process_time()  # start-up ends here
 
 
-def _encode_chunk(docs: list[RawDocument], dtype: str) -> _Chunk:
+def _encode_chunk(chunk: _Block | list[RawDocument], dtype: str) -> _Chunk:
     spec: _WorkerSpec = _WORKER["spec"]
-    dropped: dict[str, int] = {}
-    invalid: list[str] = []
-    kept_texts: list[tuple[str, ...]] = []
-    for doc in docs:
-        try:
-            texts = decode_document(doc, spec.json_keys)
-        except UnicodeDecodeError:
-            dropped["invalid_utf8"] = dropped.get("invalid_utf8", 0) + 1
-            invalid.append(f"{doc.source}:{doc.line}")
-            continue
-        if spec.normalize:
-            texts = tuple(normalize(t, keep_newlines="\n" in t) for t in texts)  # multi-line documents keep lines
-        reason = next((r for r in (check_text(t, spec.filters) for t in texts) if r), None)
-        if reason:
-            dropped[reason] = dropped.get(reason, 0) + 1
-        else:
-            kept_texts.append(texts)
+    decoded = _decode(chunk, spec.json_keys)
+    columns = [normalize_texts(c) for c in decoded.columns] if spec.normalize else decoded.columns
+    counts = [TextCounts.of(c, tibetan=spec.filters.min_tibetan_ratio > 0) for c in columns]
+    reasons = drop_reasons(counts, spec.filters)
+    keep = reasons == 0
+    dropped = {r: int(n) for r, n in zip(_FILTER_REASONS, np.bincount(reasons, minlength=len(_FILTER_REASONS))) if r and n}
+    if decoded.invalid:
+        dropped["invalid_utf8"] = len(decoded.invalid)
+    if not keep.all():
+        columns = [list(itertools.compress(c, keep)) for c in columns]
+    digests = np.zeros(len(columns[0]), dtype=np.uint64)
+    if spec.filters.dedup:
+        digests[:] = list(map(text_digest, zip(*columns)))
     lengths, tokens = [], []
-    for k in range(len(spec.json_keys)):
-        key_lengths, key_tokens = _tokenize([t[k] for t in kept_texts], spec.eod_id, dtype)
+    for column in columns:
+        key_lengths, key_tokens = _tokenize(column, spec.eod_id, dtype)
         lengths.append(key_lengths)
         tokens.append(key_tokens)
+    cpu_mark, _WORKER["cpu_mark"] = _WORKER["cpu_mark"], time.process_time()
     return _Chunk(
-        documents=len(docs),
+        documents=decoded.documents,
         encoder=_WORKER["encoder"].name,
-        raw_bytes=sum(len(d.data) for d in docs),
+        raw_bytes=decoded.raw_bytes,
         dropped=dropped,
-        invalid_utf8=invalid,
-        digests=np.array([text_digest(t) if spec.filters.dedup else 0 for t in kept_texts], dtype=np.uint64),
-        syllables=np.array([sum(map(count_syllables, t)) for t in kept_texts], dtype=np.int64),
-        text_bytes=np.array([sum(len(x.encode("utf-8")) for x in t) for t in kept_texts], dtype=np.int64),
+        invalid_utf8=decoded.invalid,
+        digests=digests,
+        syllables=sum(c.syllables[keep] for c in counts),
+        text_bytes=sum(c.utf8_bytes[keep] for c in counts),
         lengths=lengths,
         tokens=tokens,
+        cpu_seconds=_WORKER["cpu_mark"] - cpu_mark,
     )
 
 
@@ -134,22 +164,243 @@ def _tokenize(texts: list[str], eod_id: int | None, dtype: str) -> tuple[np.ndar
     """Token counts and the concatenated tokens of ``texts`` (special tokens as the tokenizer adds them,
     like ``tokenizer(text).input_ids``; then eod)."""
     lengths, tokens = _WORKER["encoder"].encode(texts)
+    tokens = tokens.astype(dtype)
     if eod_id is not None:
         tokens = np.insert(tokens, np.cumsum(lengths), eod_id)
         lengths = lengths + 1
-    return lengths, tokens.astype(dtype)
+    return lengths, tokens
 
 
-def _sample_texts(docs: list[RawDocument], config: PreprocessConfig, limit: int = 200) -> list[str]:
+class _Decoded(NamedTuple):
+    documents: int
+    raw_bytes: int  # the documents' bytes, line terminators excluded
+    columns: list[list[str]]  # per JSON key (one for text files): the texts of the valid UTF-8 documents
+    invalid: list[str]  # file:line of the documents that are not UTF-8
+
+
+_JSON = json.JSONDecoder()
+
+
+def _decode(chunk: _Block | list[RawDocument], keys: tuple[str, ...]) -> _Decoded:
+    """The texts of a chunk. A block of lines is decoded, split and parsed at once; a block with anything
+    unusual (invalid UTF-8, a blank, malformed or non-object JSON line, a missing or non-string key, JSON
+    with surrounding spaces) and paragraph documents go document by document through
+    :func:`megatron_tibetan.text.readers.decode_document`, which reports each problem with file and line."""
+    if isinstance(chunk, _Block):
+        decoded = _decode_block(chunk, keys)
+        if decoded is not None:
+            return decoded
+        chunk = chunk.documents()
+    columns: list[list[str]] = [[] for _ in keys]
+    invalid = []
+    for doc in chunk:
+        try:
+            texts = decode_document(doc, keys)
+        except UnicodeDecodeError:
+            invalid.append(f"{doc.source}:{doc.line}")
+            continue
+        for column, text in zip(columns, texts):
+            column.append(text)
+    return _Decoded(len(chunk), sum(len(doc.data) for doc in chunk), columns, invalid)
+
+
+def _decode_block(block: _Block, keys: tuple[str, ...]) -> _Decoded | None:
+    try:
+        text = block.data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    lines = text.split("\n")  # as the binary readers: only LF ends a line
+    if text.endswith("\n"):
+        lines.pop()
+    raw_bytes = len(block.data) - block.data.count(b"\n")
+    if "\r" in text:
+        stripped = [line.rstrip("\r") for line in lines]
+        raw_bytes -= sum(map(len, lines)) - sum(map(len, stripped))
+        lines = stripped
+    if not block.is_json:
+        return _Decoded(len(lines), raw_bytes, [lines], [])
+    try:
+        parsed = list(map(_JSON.raw_decode, lines))
+    except ValueError:  # a malformed or blank line, or spaces before the JSON
+        return None
+    if [end for _, end in parsed] != list(map(len, lines)):  # something after the JSON value
+        return None
+    records = [record for record, _ in parsed]
+    if set(map(type, records)) != {dict}:
+        return None
+    columns = []
+    for key in keys:
+        try:
+            values = list(map(operator.itemgetter(key), records))
+        except KeyError:
+            return None
+        if set(map(type, values)) != {str}:
+            return None
+        columns.append(values)
+    return _Decoded(len(lines), raw_bytes, columns, [])
+
+
+# Normalisation, filters and counts on a whole chunk.
+
+_SEPARATOR = "\uffff"  # between documents joined for one search: a noncharacter no rule touches
+# Where normalize() may change a text, one alternative per rule of megatron_tibetan.text.normalize:
+# (1) control and format characters (every Cc and Cf, a superset of those it removes; anything beyond the
+# BMP too, to be safe), (2) deprecated vowel signs, (4) the non-breaking tsheg, (5) a space at a tsheg,
+# (6) tsheg runs and shad runs of three, (7) any whitespace but one space inside the text. (3), NFC, is
+# checked with unicodedata.is_normalized. A text with none of these is its own normal form: each rule
+# then leaves it as it is.
+_MAY_CHANGE = None
+
+
+def _may_change() -> re.Pattern:
+    global _MAY_CHANGE
+    if _MAY_CHANGE is None:
+        cc_cf = "".join(c for c in map(chr, range(0x10000)) if unicodedata.category(c) in ("Cc", "Cf"))
+        _MAY_CHANGE = re.compile(
+            f"[{re.escape(cc_cf)}\\U00010000-\\U0010ffff\u0f77\u0f79\u0f0c]|[^\\S ]|  | \u0f0b|\u0f0b |\u0f0b\u0f0b"
+            f"|\u0f0d\u0f0d\u0f0d|(?:^|{_SEPARATOR}) | (?:{_SEPARATOR}|$)")
+    return _MAY_CHANGE
+
+
+def normalize_texts(texts: list[str]) -> list[str]:
+    """``[normalize(t, keep_newlines="\\n" in t) for t in texts]``, normalising only the texts where a rule
+    could change something (see ``_may_change``); the others are returned as they are (tested equal)."""
+    joined = _SEPARATOR.join(texts)
+    starts = np.cumsum([0] + [len(t) + 1 for t in texts])
+    positions = [p for m in _may_change().finditer(joined) for p in (m.start(), m.end() - 1)]
+    changed = set(np.searchsorted(starts, positions, side="right") - 1) if positions else set()
+    # the separator never composes with a neighbour: the whole is NFC exactly when every text is
+    if not unicodedata.is_normalized("NFC", joined):
+        changed.update(i for i, t in enumerate(texts) if not unicodedata.is_normalized("NFC", t))
+    if not changed:
+        return texts
+    texts = list(texts)
+    for i in map(int, changed):
+        texts[i] = normalize(texts[i], keep_newlines="\n" in texts[i])
+    return texts
+
+
+@functools.lru_cache(maxsize=None)
+def _code_point_tables() -> dict[str, np.ndarray]:
+    """Per code point: whitespace (re's \\s, which normalize and tibetan_ratio use), Tibetan block, syllable
+    character (megatron_tibetan.text.segment's class)."""
+    every = "".join(map(chr, range(0x10000)))  # no whitespace or Tibetan beyond the BMP
+    tables = {name: np.zeros(0x110000, dtype=bool) for name in ("space", "tibetan", "syllable")}
+    tables["tibetan"][0x0F00:0x1000] = True
+    for name, expression in (("space", r"\s"), ("syllable", f"[{TIBETAN_SYLLABLE_CHARS}]")):
+        tables[name][list(map(ord, re.findall(expression, every)))] = True
+    return tables
+
+
+class TextCounts(NamedTuple):
+    """Per text: characters, UTF-8 bytes, syllables (``count_syllables``) and, with ``tibetan``, the
+    characters in the Tibetan block and the whitespace characters (``tibetan_ratio``'s numbers)."""
+
+    chars: np.ndarray
+    utf8_bytes: np.ndarray
+    syllables: np.ndarray
+    tibetan: np.ndarray | None
+    spaces: np.ndarray | None
+
+    @classmethod
+    def of(cls, texts: list[str], tibetan: bool = True) -> "TextCounts":
+        tables = _code_point_tables()
+        chars = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        # the texts' code points, one separator after each (no syllable, Tibetan or space character)
+        points = np.frombuffer("\x00".join(texts + [""]).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        starts = np.cumsum(chars + 1) - (chars + 1)
+
+        def per_text(values: np.ndarray) -> np.ndarray:  # sums over each text and its separator
+            if not len(texts):
+                return np.zeros(0, dtype=np.int64)
+            return np.add.reduceat(values.view(np.uint8), starts, dtype=np.int64)
+
+        in_syllable = tables["syllable"][points]
+        syllable_starts = in_syllable.copy()
+        syllable_starts[1:] &= ~in_syllable[:-1]
+        syllables = per_text(syllable_starts)
+        extra_bytes = (points >= 0x80).view(np.uint8) + (points >= 0x800).view(np.uint8) + (points >= 0x10000).view(np.uint8)
+        utf8 = chars + per_text(extra_bytes)
+        if not tibetan:
+            return cls(chars, utf8, syllables, None, None)
+        return cls(chars, utf8, syllables, per_text(tables["tibetan"][points]), per_text(tables["space"][points]))
+
+
+_FILTER_REASONS = (None, "empty", "low_tibetan_ratio", "too_short")
+
+
+def drop_reasons(counts: list[TextCounts], filters: FilterConfig) -> np.ndarray:
+    """Per document (its texts' counts, one TextCounts per JSON key): 0 to keep it, else the index in
+    ``_FILTER_REASONS`` of the reason :func:`megatron_tibetan.text.filters.check_text` gives for the first
+    text it drops."""
+    reasons = np.zeros(len(counts[0].chars), dtype=np.int64)
+    for c in counts:
+        reason = np.where(c.chars < filters.min_chars, 3, 0)
+        if filters.min_tibetan_ratio > 0:
+            non_space = c.chars - c.spaces
+            ratio = np.divide(c.tibetan, non_space, out=np.zeros(len(non_space)), where=non_space > 0)
+            reason = np.where(ratio < filters.min_tibetan_ratio, 2, reason)
+        reason = np.where(c.chars == 0, 1, reason)
+        reasons = np.where(reasons == 0, reason, reasons)
+    return reasons
+
+
+def _sample_texts(chunk: _Block | list[RawDocument], config: PreprocessConfig, limit: int = 200) -> list[str]:
     """Texts of the first documents, as the workers will tokenise them, for the encoder's start-up check."""
     texts = []
-    for doc in docs[:limit]:
+    for doc in (chunk.documents() if isinstance(chunk, _Block) else chunk)[:limit]:
         try:
             decoded = decode_document(doc, config.json_keys)
         except (UnicodeDecodeError, InputError):  # reported by the workers with file:line
             continue
         texts += [normalize(t, keep_newlines="\n" in t) if config.normalize else t for t in decoded]
     return texts
+
+
+def _read_chunks(paths: list[Path], config: PreprocessConfig) -> Iterator[_Block | list[RawDocument]]:
+    """The input in chunks of about ``chunk_bytes``: blocks of whole lines, or lists of paragraph documents;
+    ``config.limit`` documents at most."""
+    left = config.limit if config.limit is not None else float("inf")
+    for path in paths:
+        if config.paragraphs and not is_jsonl(path):
+            chunks = _chunks(read_documents(path, paragraphs=True), config.chunk_bytes)
+        else:
+            chunks = _read_blocks(path, config.chunk_bytes)
+        for chunk in chunks:
+            if left <= 0:
+                return
+            n = len(chunk) if isinstance(chunk, list) else chunk.data.count(b"\n") + (not chunk.data.endswith(b"\n"))
+            if n > left:
+                chunk = chunk[: int(left)] if isinstance(chunk, list) else _first_lines(chunk, int(left))
+            left -= n
+            yield chunk
+
+
+def _read_blocks(path: Path, chunk_bytes: int) -> Iterator[_Block]:
+    """Blocks of about ``chunk_bytes`` of whole lines (a corrupt or truncated compressed stream raises
+    :class:`InputError` with the file and the last line read, as the readers do)."""
+    is_json, line = is_jsonl(path), 1
+    with open_binary(path) as stream:
+        while True:
+            try:
+                data = stream.read(chunk_bytes)
+                if data and not data.endswith(b"\n"):
+                    data += stream.readline()
+            except _STREAM_ERRORS as error:
+                raise InputError(f"{path}: unreadable stream after line {line - 1}: {error}") from error
+            if not data:
+                return
+            yield _Block(str(path), line, data, is_json)
+            line += data.count(b"\n")
+
+
+def _first_lines(block: _Block, n: int) -> _Block:
+    end = -1
+    for _ in range(n):
+        end = block.data.find(b"\n", end + 1)
+        if end < 0:
+            return block
+    return block._replace(data=block.data[: end + 1])
 
 
 def _chunks(docs: Iterable[RawDocument], chunk_bytes: int) -> Iterator[list[RawDocument]]:
@@ -174,6 +425,7 @@ class _Totals:
         self.tokens = dict.fromkeys(keys, 0)
         self.encoder = None
         self.encoder_reason = None
+        self.cpu_seconds = 0.0  # processing only (see preprocess)
 
 
 def _write_chunk(chunk: _Chunk, writers: dict, dedup: DuplicateFilter | None, totals: _Totals) -> None:
@@ -191,10 +443,13 @@ def _write_chunk(chunk: _Chunk, writers: dict, dedup: DuplicateFilter | None, to
     totals.documents_out += int(keep.sum())
     totals.syllables += int(chunk.syllables[keep].sum())
     totals.bytes_out += int(chunk.text_bytes[keep].sum())
+    totals.cpu_seconds += chunk.cpu_seconds
+    everything = bool(keep.all())
     for (key, writer), lengths, tokens in zip(writers.items(), chunk.lengths, chunk.tokens):
-        ends = np.cumsum(lengths)
-        for end, length in zip(ends[keep].tolist(), lengths[keep].tolist()):
-            writer.add(tokens[end - length : end])
+        if everything:
+            writer.add_many(tokens, lengths)
+        else:
+            writer.add_many(tokens[np.repeat(keep, lengths)], lengths[keep])
         totals.tokens[key] += int(lengths[keep].sum())
 
 
@@ -225,8 +480,7 @@ def preprocess(config: PreprocessConfig, tokenizer=None) -> dict:
         raise ValueError(f"tokenizer '{config.tokenizer}' has no eos token to append as eod")
     dedup = DuplicateFilter(config.filters.dedup_memory_mb) if config.filters.dedup else None
     totals = _Totals(config.json_keys)
-    docs = itertools.chain.from_iterable(read_documents(p, config.paragraphs) for p in paths)
-    chunks = _chunks(itertools.islice(docs, config.limit), config.chunk_bytes)
+    chunks = _read_chunks(paths, config)
     first = next(chunks, None)
     chunks = itertools.chain([first] if first else [], chunks)
     encoder = select_encoder(tokenizer.backend_tokenizer, _sample_texts(first or [], config))
@@ -241,6 +495,8 @@ def preprocess(config: PreprocessConfig, tokenizer=None) -> dict:
             contextlib.ExitStack() as stack:
         dtype = token_dtype(len(tokenizer))
         writers = {key: stack.enter_context(DocumentWriter(prefix, dtype)) for key, prefix in prefixes.items()}
+        # processing time: start-up (imports, tokenizer, encoder check, workers' encoders) excluded
+        processing_start, main_cpu_start = time.perf_counter(), time.process_time()
         pending: deque = deque()
         for chunk in itertools.chain(chunks, [None] * (2 * config.workers + 2)):  # the Nones drain the queue
             if chunk is not None:
@@ -250,8 +506,11 @@ def preprocess(config: PreprocessConfig, tokenizer=None) -> dict:
                 progress.update(totals.bytes_in - progress.n)
                 progress.set_postfix(docs_s=f"{totals.documents_in / (time.perf_counter() - start):.0f}")
         _check_totals(totals, paths)
+        totals.cpu_seconds += time.process_time() - main_cpu_start
+        processing_seconds = time.perf_counter() - processing_start
     progress.close()
     stats = _stats(config, totals, tokenizer, dtype, eod_id, dedup, prefixes, time.perf_counter() - start)
+    stats.update(processing_seconds=round(processing_seconds, 3), processing_cpu_seconds=round(totals.cpu_seconds, 3))
     with open(config.output_prefix + "_stats.json", "w") as f:
         json.dump(stats, f, indent=2, ensure_ascii=False)
     return stats
