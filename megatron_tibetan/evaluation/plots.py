@@ -14,6 +14,13 @@ from matplotlib.colors import LogNorm  # noqa: E402
 from megatron_tibetan.evaluation.layers import MODULE_ORDER  # noqa: E402
 
 
+def save(fig, path: Path) -> None:
+    """Lay out, write (110 dpi, as every plot of the project) and close a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _label(t: dict) -> str:
     return f"L{t['layer']} {t['module']}" if t["layer"] is not None else t["name"]
 
@@ -36,9 +43,7 @@ def heatmap(comparison: dict, title: str, path: Path) -> Path:
     fig.colorbar(image, ax=ax, label="||ΔW|| / ||W||")
     others = {k: v["relative"] for k, v in comparison["modules"].items() if k in ("embedding", "norm_final", "output")}
     ax.set_title(title + "\n" + "  ".join(f"{k} {v:.2e}" for k, v in others.items()), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     return path
 
 
@@ -50,9 +55,7 @@ def top_k(comparison: dict, title: str, path: Path, k: int = 20) -> Path:
     ax.set_xlabel("||ΔW|| / ||W||")
     ax.set_title(f"{title}: top {len(tensors)} tensors", fontsize=9)
     ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     return path
 
 
@@ -68,9 +71,7 @@ def modules(analysis: dict, path: Path) -> Path:
     ax.set_yscale("log")
     ax.set_ylabel("||ΔW|| / ||W|| (module total)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     return path
 
 
@@ -89,9 +90,7 @@ def correlation(a: dict, b: dict, labels: tuple[str, str], path: Path) -> Path:
     ax.set_xlabel(f"{labels[0]}: ||ΔW|| / ||W||")
     ax.set_ylabel(f"{labels[1]}: ||ΔW|| / ||W||")
     ax.legend(fontsize=7, markerscale=1.5)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     return path
 
 
@@ -112,7 +111,5 @@ def metric_bars(metrics: dict, keys: tuple[str, ...], path: Path, ylabel: str) -
     ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, [g for g, _ in groups], fontsize=7)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     return path

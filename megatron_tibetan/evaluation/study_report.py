@@ -128,9 +128,7 @@ def _fertility_plot(tok: dict, path: Path) -> str:
     ax.set_xticks(np.arange(len(keys)) + 0.2, labels, fontsize=8)
     ax.set_ylabel("tokens (FLORES-200 dev)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save(fig, path)
     return path.name
 
 
@@ -143,9 +141,7 @@ def _training_plot(training: dict, path: Path) -> str:
     ax.set_xlabel("step")
     ax.set_ylabel("training loss per trained token")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save(fig, path)
     return path.name
 
 
