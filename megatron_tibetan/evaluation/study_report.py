@@ -376,6 +376,11 @@ def _markdown(data, size, records, bpb_png, tr_png, fert_png, train_png, half_wi
     md += ["", f"With {lines_n} sentences per direction the chrF intervals are about ±{max(half_width.values()):.1f} points wide; "
            f"and this demo trains for {size['cpt_iterations']} CPT and {size['sft_iterations']} SFT steps. The question is the "
            "study's to answer with the full FLORES dev set (997 lines, `--flores-lines 997`) and the cluster recipe in README.md.", ""]
+    best = max(models[a][d]["chrf"] for a in ARMS for d in DIRECTIONS)
+    if best < 10:  # significance is about the difference, not about whether anything translates
+        md += [f"Read the levels too: the best arm scores chrF {best:.2f} of 100, so no arm translates yet after this few "
+               "steps; these differences say which arm writes more of the references' Tibetan character sequences, "
+               "not which one translates better.", ""]
     checks = data["checks"]
     md += ["Checks: bits per byte falls with CPT (below base and init): **" + str(checks["bits_per_byte_falls_with_cpt"]).lower()
            + "**; cpt_sft's chrF above base's: " + ", ".join(f"{LANG[d]} **{str(v).lower()}**" for d, v in checks["cpt_sft_chrf_above_base"].items())
