@@ -79,8 +79,9 @@ def test_runner_failure_names_the_stage_and_a_rerun_continues_there(tmp_path):
         run_stages([Stage("x", "x", _py("pass"), needs=["nope"])], tmp_path / "out2", log=quiet)
 
 
-def test_runner_measures_each_stage_and_runs_single_threaded_ones_side_by_side(tmp_path):
+def test_runner_measures_each_stage_and_runs_single_threaded_ones_side_by_side(tmp_path, monkeypatch):
     quiet = lambda *a, **k: None  # noqa: E731
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # set, it would hold for every stage (below)
     big = "import time; x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096]); time.sleep(0.5)"
     stages = [
         Stage("big", "300 MiB", _py(big), threads=1),
@@ -99,7 +100,11 @@ def test_runner_measures_each_stage_and_runs_single_threaded_ones_side_by_side(t
     big, small, alone = records["big"], records["small"], records["alone"]
     assert big["started"] < small["finished"] and small["started"] < big["finished"]  # side by side on 2 cores
     assert alone["started"] >= max(big["finished"], small["finished"]) - 0.05  # it waited for both cores
-    assert records["alone"]["threads"] == 2 or "OMP_NUM_THREADS" in os.environ
+    assert records["big"]["threads"] == 1 and records["alone"]["threads"] == 2
+    # a user's OMP_NUM_THREADS wins, and the runner counts those threads: such stages no longer pair up
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    records = run_stages(stages[:2], tmp_path / "out2", cores=2, log=quiet)
+    assert [r["threads"] for r in records] == [2, 2] and records[1]["started"] >= records[0]["finished"] - 0.05
 
 
 # --- the whole study at tiny size ---------------------------------------------------------------------------------
