@@ -25,7 +25,8 @@ def _fmt(x, digits: int = 4) -> str:
     return str(x)
 
 
-def _table(header: list[str], rows: list[list]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list]) -> list[str]:
+    """The lines of a Markdown table; float cells to 4 significant digits, anything else as str."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
         "| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows
     ]
@@ -54,12 +55,12 @@ def layers_report(analysis: dict, out: str | Path, top: int = 15) -> Path:
         lines += [f"## {title}", "", f"`{c['adapted']}` against `{c['base']}`: {len(c['tensors'])} tensors, "
                   f"total ||ΔW|| = {_fmt(c['total']['delta_norm'])}, ||ΔW||/||W|| = {_fmt(c['total']['relative'])}.", ""]
         rows = [[m, v["tensors"], v["delta_norm"], v["relative"], v["rms_delta"]] for m in MODULE_ORDER if (v := c["modules"].get(m))]
-        lines += _table(["module", "tensors", "‖ΔW‖", "‖ΔW‖/‖W‖", "RMS ΔW per value"], rows) + [""]
+        lines += markdown_table(["module", "tensors", "‖ΔW‖", "‖ΔW‖/‖W‖", "RMS ΔW per value"], rows) + [""]
         layers = sorted(c["layers"].items(), key=lambda kv: int(kv[0]))
-        lines += _table(["layer", "‖ΔW‖", "‖ΔW‖/‖W‖"], [[k, v["delta_norm"], v["relative"]] for k, v in layers]) + [""]
+        lines += markdown_table(["layer", "‖ΔW‖", "‖ΔW‖/‖W‖"], [[k, v["delta_norm"], v["relative"]] for k, v in layers]) + [""]
         ranked = sorted(c["tensors"], key=lambda t: -t["relative"])[:top]
         lines += [f"Top {len(ranked)} tensors:", ""]
-        lines += _table(["tensor", "shape", "‖ΔW‖", "‖ΔW‖/‖W‖"], [[t["name"], "×".join(map(str, t["shape"])), t["delta_norm"], t["relative"]] for t in ranked]) + [""]
+        lines += markdown_table(["tensor", "shape", "‖ΔW‖", "‖ΔW‖/‖W‖"], [[t["name"], "×".join(map(str, t["shape"])), t["delta_norm"], t["relative"]] for t in ranked]) + [""]
         for tensor, ext in c["extended_vocabulary"].items():
             lines += [f"Extended vocabulary in `{tensor}`: {ext['rows']} new rows beside {ext['shared_rows']} shared "
                       f"(shared rows are in the tables above); new rows' RMS row norm {_fmt(ext['rms_row_norm'])} vs "
@@ -75,7 +76,7 @@ def layers_report(analysis: dict, out: str | Path, top: int = 15) -> Path:
             a, b = pair.split("~")
             png = plots.correlation(analysis["comparisons"][a], analysis["comparisons"][b], (a, b), out / f"correlation_{_slug(a)}_{_slug(b)}.png")
             rows.append([f"{a} vs {b}", r["tensors"], r["pearson_log"], r["spearman"], f"![]({png.name})"])
-        lines += _table(["pair", "tensors", "Pearson (log)", "Spearman", "plot"], rows) + [""]
+        lines += markdown_table(["pair", "tensors", "Pearson (log)", "Spearman", "plot"], rows) + [""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
     return out / "report.md"
 
@@ -90,7 +91,7 @@ def metrics_report(metrics: dict, out: str | Path, significance: dict | None = N
            for m, sets in metrics.items() for s, v in sets.items() if "perplexity" in v]
     if ppl:
         lines += ["## Perplexity", "", "Token-weighted over every predicted token; bits per byte of the normalised text.", ""]
-        lines += _table(["model", "set", "perplexity", "bits/byte", "tokens", "bytes", "documents"], ppl) + [""]
+        lines += markdown_table(["model", "set", "perplexity", "bits/byte", "tokens", "bytes", "documents"], ppl) + [""]
         png = plots.metric_bars(metrics, ("bits_per_byte",), out / "bits_per_byte.png", "bits per byte (lower is better)")
         lines += [f"![bits per byte]({png.name})", ""]
     mt = []
@@ -101,14 +102,14 @@ def metrics_report(metrics: dict, out: str | Path, significance: dict | None = N
     if mt:
         lines += ["## Translation", "", "BLEU on syllable-segmented Tibetan (tokenize=none), sacrebleu default BLEU (13a), "
                   "chrF on normalised text, chrF++ with syllables as words; [95% bootstrap interval].", ""]
-        lines += _table(["model", "set", "BLEU (syllable)", "BLEU (13a)", "chrF", "chrF++", "lines"], mt) + [""]
+        lines += markdown_table(["model", "set", "BLEU (syllable)", "BLEU (13a)", "chrF", "chrF++", "lines"], mt) + [""]
         png = plots.metric_bars(metrics, METRIC_COLUMNS, out / "translation.png", "score (95% bootstrap interval)")
         lines += [f"![translation]({png.name})", ""]
     for set_name, by_metric in (significance or {}).items():
         lines += [f"### Paired bootstrap: {set_name}", "", "p-value of the difference to the first system (sacrebleu, paired bootstrap).", ""]
         systems = list(next(iter(by_metric.values())))
         rows = [[s] + [f"{by_metric[k][s]['score']:.2f} (p={_fmt(by_metric[k][s]['p_value'], 3)})" for k in METRIC_COLUMNS] for s in systems]
-        lines += _table(["system", *METRIC_COLUMNS], rows) + [""]
+        lines += markdown_table(["system", *METRIC_COLUMNS], rows) + [""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
     return out / "report.md"
 

@@ -29,9 +29,9 @@ from typing import Callable
 import numpy as np
 
 from megatron_tibetan.evaluation import plots
-from megatron_tibetan.evaluation.report import write_json
+from megatron_tibetan.evaluation.report import markdown_table, write_json
 from megatron_tibetan.evaluation.run import hyp_path
-from megatron_tibetan.text import normalize
+from megatron_tibetan.text import normalize, tibetan_ratio
 from megatron_tibetan.text.readers import read_lines
 
 ARMS = ("base", "cpt", "sft", "cpt_sft")
@@ -52,12 +52,6 @@ def _load(path: Path) -> dict:
 
 def _jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
-
-
-def tibetan_share(lines: list[str]) -> float:
-    """Share of the non-space characters that are Tibetan (U+0F00–U+0FFF)."""
-    chars = [c for line in lines for c in line if not c.isspace()]
-    return sum("\u0f00" <= c <= "\u0fff" for c in chars) / len(chars) if chars else 0.0
 
 
 def busy_seconds(records: list[dict]) -> float:
@@ -91,10 +85,6 @@ def _training(path: Path) -> dict:
 
 def _fmt_ci(value: float, ci: list[float] | None) -> str:
     return f"{value:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
-
-
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
 
 
 def _conclusion(delta: float, p: float | None, half_width: float, lines: int) -> str:
@@ -175,7 +165,7 @@ def write_report(out: Path, size: dict, records: list[dict], seconds_this_run: f
             hyps = read_lines(hyp)
             entry[d] = {"chrf": m["chrf"], "chrf_ci95": m["chrf_ci95"], "bleu_syllable": m["bleu_syllable"],
                         "bleu_syllable_ci95": m["bleu_syllable_ci95"], "chrf_pp": m["chrf_pp"], "bleu_default": m["bleu_default"],
-                        "lines": m["lines"], "hyp": show(hyp), "tibetan_share": tibetan_share(hyps),
+                        "lines": m["lines"], "hyp": show(hyp), "tibetan_share": tibetan_ratio("\n".join(hyps)),
                         "seconds": m.get("seconds"), "cpu_seconds": m.get("cpu_seconds"),
                         "signature_chrf": m["signatures"]["chrf"]}
         models[arm] = entry
@@ -315,7 +305,7 @@ def _markdown(data, size, records, bpb_png, tr_png, fert_png, train_png, half_wi
         "",
     ]
     fb, fe = tok["base"], tok["extended"]
-    md += _table(["tokenizer", "vocabulary", "bo tokens/syllable", "bo tokens/char", "bo bytes/token", "zh tokens/char", "en tokens/char"],
+    md += markdown_table(["tokenizer", "vocabulary", "bo tokens/syllable", "bo tokens/char", "bo bytes/token", "zh tokens/char", "en tokens/char"],
                  [[w, f"{t['vocab_size']:,}", f"{t['bo']['tokens_per_syllable']:.3f}", f"{t['bo']['tokens_per_char']:.3f}",
                    f"{t['bo']['bytes_per_token']:.2f}", f"{t['zh']['tokens_per_char']:.3f}", f"{t['en']['tokens_per_char']:.3f}"]
                   for w, t in (("base (SmolLM2)", fb), ("extended", fe))])
@@ -347,7 +337,7 @@ def _markdown(data, size, records, bpb_png, tr_png, fert_png, train_png, half_wi
     rows = [["base", f"{models['base']['bits_per_byte']:.3f}", f"{models['base']['perplexity']:.2f}"],
             ["init", f"{data['init']['bits_per_byte']:.3f}", f"{data['init']['perplexity']:.2f}"]]
     rows += [[a, f"{models[a]['bits_per_byte']:.3f}", f"{models[a]['perplexity']:.2f}"] for a in ("cpt", "sft", "cpt_sft")]
-    md += _table(["arm", "bits per byte", "perplexity per token (own tokenizer)"], rows)
+    md += markdown_table(["arm", "bits per byte", "perplexity per token (own tokenizer)"], rows)
     md += ["", f"![bits per byte]({bpb_png})", ""]
     md += ["## Translation into Tibetan (FLORES-200 dev subset)", "",
            f"The first {lines_n} lines per direction; greedy decoding; chrF on normalised text and BLEU on syllables "
@@ -358,7 +348,7 @@ def _markdown(data, size, records, bpb_png, tr_png, fert_png, train_png, half_wi
             m = models[a][d]
             rows.append([LANG[d], a, _fmt_ci(m["chrf"], m["chrf_ci95"]), _fmt_ci(m["bleu_syllable"], m["bleu_syllable_ci95"]),
                          f"{m['chrf_pp']:.2f}", f"{m['tibetan_share']:.0%}", f"`{m['hyp']}`"])
-    md += _table(["direction", "arm", "chrF", "BLEU (syllables)", "chrF++", "Tibetan share of output", "hypotheses"], rows)
+    md += markdown_table(["direction", "arm", "chrF", "BLEU (syllables)", "chrF++", "Tibetan share of output", "hypotheses"], rows)
     md += ["", f"![translation]({tr_png})", "", "### Paired significance (sacrebleu paired bootstrap, 1000 resamples)", ""]
     rows = []
     for d in DIRECTIONS:
@@ -368,7 +358,7 @@ def _markdown(data, size, records, bpb_png, tr_png, fert_png, train_png, half_wi
                          f"{s['chrf']['cpt_sft']:.2f} vs {s['chrf'][other]:.2f} ({s['chrf']['delta']:+.2f}), p = {s['chrf']['p_value']:.3f}",
                          f"{s['bleu_syllable']['cpt_sft']:.2f} vs {s['bleu_syllable'][other]:.2f} "
                          f"({s['bleu_syllable']['delta']:+.2f}), p = {s['bleu_syllable']['p_value']:.3f}"])
-    md += _table(["direction", "comparison", "chrF", "BLEU (syllables)"], rows)
+    md += markdown_table(["direction", "comparison", "chrF", "BLEU (syllables)"], rows)
     md += ["", "**Does the first stage earn its cost?** (`cpt_sft` vs `sft`)", ""]
     for d in DIRECTIONS:
         s = sig[d]["cpt_sft_vs_sft"]["chrf"]
@@ -394,16 +384,16 @@ def _markdown(data, size, records, bpb_png, tr_png, fert_png, train_png, half_wi
     rows = [[a, t["steps"], f"{t['loss_first']:.3f}", f"{t['loss_last']:.3f}",
              f"{t['step_seconds_median']:.1f}" if t["step_seconds_median"] else "–",
              f"{t['tokens_per_second_median']:.0f}" if t["tokens_per_second_median"] else "–"] for a, t in data["training"].items()]
-    md += _table(["run", "steps", "first loss", "last loss", "median step (s)", "tokens/s"], rows)
+    md += markdown_table(["run", "steps", "first loss", "last loss", "median step (s)", "tokens/s"], rows)
     md += ["", f"![training loss]({train_png})", "", "## What each stage moved (layer-wise analysis)", "",
            "Relative weight change ‖ΔW‖/‖W‖ per layer and module (after a few Adam steps it mostly mirrors 1/RMS(W); "
            "see README.md, section 5).", ""]
-    md += _table(["comparison", "‖ΔW‖/‖W‖ (all)", "largest module", "heatmap"],
+    md += markdown_table(["comparison", "‖ΔW‖/‖W‖ (all)", "largest module", "heatmap"],
                  [[k, f"{v['relative']:.2e}", f"{v['top_module']} ({v['top_module_relative']:.2e})",
                    f"![{k}]({heatmaps[k]})"]
                   for k, v in data["layers"].items()])
     md += ["", "## The commands (each stage as a user types it)", ""]
-    md += _table(["#", "stage", "wall s", "CPU s", "peak MiB", "load avg", "threads", ""],
+    md += markdown_table(["#", "stage", "wall s", "CPU s", "peak MiB", "load avg", "threads", ""],
                  [[i, r["title"], f"{r['seconds']:.0f}", f"{r['cpu_seconds']:.0f}", r["peak_rss_mib"], f"{r['load_average'][1]:.1f}",
                    r.get("threads", ""), "skipped (done before)" if r.get("skipped") else ""] for i, r in enumerate(records, 1)])
     md += ["", "```"] + [f"# {i}. {r['title']}\n{r['command']}" for i, r in enumerate(records, 1)] + ["```", ""]
