@@ -19,10 +19,12 @@ import numpy as np
 import pytest
 
 from megatron_tibetan.data import preprocess as preprocess_module
-from megatron_tibetan.data.preprocess import PreprocessConfig, TextCounts, drop_reasons, normalize_texts, preprocess
+from megatron_tibetan.data.preprocess import PreprocessConfig, preprocess
 from megatron_tibetan.text import count_syllables, normalize, tibetan_ratio
-from megatron_tibetan.text.filters import FilterConfig, check_text
+from megatron_tibetan.text.filters import FILTER_REASONS, FilterConfig, check_text, drop_reasons
+from megatron_tibetan.text.normalize import normalize_texts
 from megatron_tibetan.text.readers import InputError, read_documents
+from megatron_tibetan.text.segment import TextCounts
 
 ROOT = Path(__file__).resolve().parents[1]
 N_DOCS = 1500
@@ -178,12 +180,12 @@ def test_batch_counts_and_filters_equal_the_per_document_ones(nanhai, kangyur):
         assert [a / b if b else 0.0 for a, b in zip(counts.tibetan.tolist(), non_space.tolist())] == list(map(tibetan_ratio, t))
     for filters in (FilterConfig(), FilterConfig(min_chars=200, min_tibetan_ratio=0.9), FilterConfig(0, 0)):
         reasons = drop_reasons([TextCounts.of(texts, tibetan=filters.min_tibetan_ratio > 0)], filters)
-        assert [preprocess_module._FILTER_REASONS[r] for r in reasons] == [check_text(x, filters) for x in texts]
+        assert [FILTER_REASONS[r] for r in reasons] == [check_text(x, filters) for x in texts]
     # two keys: the first text that fails decides, as in the per-document path
     first, second = texts, texts[::-1]
     reasons = drop_reasons([TextCounts.of(first), TextCounts.of(second)], FilterConfig())
     expected = [check_text(a, FilterConfig()) or check_text(b, FilterConfig()) for a, b in zip(first, second)]
-    assert [preprocess_module._FILTER_REASONS[r] for r in reasons] == expected
+    assert [FILTER_REASONS[r] for r in reasons] == expected
 
 
 @pytest.mark.parametrize("content", [

@@ -12,7 +12,8 @@ The pipeline, per chunk of about ``chunk_bytes`` of input:
 Every step works on the whole chunk, not document by document: one decode and one ``split`` for the
 lines, one encoder call, the filters and counts with numpy over the chunk's code points, one write.
 Normalisation runs only on the documents where one of its rules could change something (found with
-one search over the chunk; :func:`normalize_texts`); the rest are already normal.
+one search over the chunk; :func:`megatron_tibetan.text.normalize.normalize_texts`); the rest are already
+normal.
 
 Chunks are consumed in submission order, so the output does not depend on ``workers``. At most
 ``2 * workers + 2`` chunks are in flight, so memory is bounded by the chunk size, each worker's
@@ -24,16 +25,13 @@ Each worker encodes on one thread (``TOKENIZERS_PARALLELISM=false``): ``workers`
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import json
 import multiprocessing
 import operator
 import os
-import re
 import sys
 import time
-import unicodedata
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,12 +41,12 @@ import numpy as np
 
 from megatron_tibetan.data.encode import build_encoder, select_encoder
 from megatron_tibetan.data.indexed import DocumentWriter, dataset_prefix, token_dtype
-from megatron_tibetan.text.filters import DROP_REASONS, DuplicateFilter, FilterConfig, text_digest
-from megatron_tibetan.text.normalize import normalize
+from megatron_tibetan.text.filters import DROP_REASONS, FILTER_REASONS, DuplicateFilter, FilterConfig, drop_reasons, text_digest
+from megatron_tibetan.text.normalize import normalize, normalize_texts
 from megatron_tibetan.text.readers import (
     _STREAM_ERRORS, InputError, RawDocument, decode_document, expand_inputs, is_jsonl, open_binary, read_documents,
 )
-from megatron_tibetan.text.segment import TIBETAN_SYLLABLE_CHARS
+from megatron_tibetan.text.segment import TextCounts
 
 MAX_INVALID_REPORTED = 100  # invalid UTF-8 locations kept in stats.json (all are counted)
 
@@ -131,7 +129,7 @@ def _encode_chunk(chunk: _Block | list[RawDocument], dtype: str) -> _Chunk:
     counts = [TextCounts.of(c, tibetan=spec.filters.min_tibetan_ratio > 0) for c in columns]
     reasons = drop_reasons(counts, spec.filters)
     keep = reasons == 0
-    dropped = {r: int(n) for r, n in zip(_FILTER_REASONS, np.bincount(reasons, minlength=len(_FILTER_REASONS))) if r and n}
+    dropped = {r: int(n) for r, n in zip(FILTER_REASONS, np.bincount(reasons, minlength=len(FILTER_REASONS))) if r and n}
     if decoded.invalid:
         dropped["invalid_utf8"] = len(decoded.invalid)
     if not keep.all():
@@ -238,111 +236,6 @@ def _decode_block(block: _Block, keys: tuple[str, ...]) -> _Decoded | None:
             return None
         columns.append(values)
     return _Decoded(len(lines), raw_bytes, columns, [])
-
-
-# Normalisation, filters and counts on a whole chunk.
-
-_SEPARATOR = "\uffff"  # between documents joined for one search: a noncharacter no rule touches
-# Where normalize() may change a text, one alternative per rule of megatron_tibetan.text.normalize:
-# (1) control and format characters (every Cc and Cf, a superset of those it removes; anything beyond the
-# BMP too, to be safe), (2) deprecated vowel signs, (4) the non-breaking tsheg, (5) a space at a tsheg,
-# (6) tsheg runs and shad runs of three, (7) any whitespace but one space inside the text. (3), NFC, is
-# checked with unicodedata.is_normalized. A text with none of these is its own normal form: each rule
-# then leaves it as it is.
-_MAY_CHANGE = None
-
-
-def _may_change() -> re.Pattern:
-    global _MAY_CHANGE
-    if _MAY_CHANGE is None:
-        cc_cf = "".join(c for c in map(chr, range(0x10000)) if unicodedata.category(c) in ("Cc", "Cf"))
-        _MAY_CHANGE = re.compile(
-            f"[{re.escape(cc_cf)}\\U00010000-\\U0010ffff\u0f77\u0f79\u0f0c]|[^\\S ]|  | \u0f0b|\u0f0b |\u0f0b\u0f0b"
-            f"|\u0f0d\u0f0d\u0f0d|(?:^|{_SEPARATOR}) | (?:{_SEPARATOR}|$)")
-    return _MAY_CHANGE
-
-
-def normalize_texts(texts: list[str]) -> list[str]:
-    """``[normalize(t, keep_newlines="\\n" in t) for t in texts]``, normalising only the texts where a rule
-    could change something (see ``_may_change``); the others are returned as they are (tested equal)."""
-    joined = _SEPARATOR.join(texts)
-    starts = np.cumsum([0] + [len(t) + 1 for t in texts])
-    positions = [p for m in _may_change().finditer(joined) for p in (m.start(), m.end() - 1)]
-    changed = set(np.searchsorted(starts, positions, side="right") - 1) if positions else set()
-    # the separator never composes with a neighbour: the whole is NFC exactly when every text is
-    if not unicodedata.is_normalized("NFC", joined):
-        changed.update(i for i, t in enumerate(texts) if not unicodedata.is_normalized("NFC", t))
-    if not changed:
-        return texts
-    texts = list(texts)
-    for i in map(int, changed):
-        texts[i] = normalize(texts[i], keep_newlines="\n" in texts[i])
-    return texts
-
-
-@functools.lru_cache(maxsize=None)
-def _code_point_tables() -> dict[str, np.ndarray]:
-    """Per code point: whitespace (re's \\s, which normalize and tibetan_ratio use), Tibetan block, syllable
-    character (megatron_tibetan.text.segment's class)."""
-    every = "".join(map(chr, range(0x10000)))  # no whitespace or Tibetan beyond the BMP
-    tables = {name: np.zeros(0x110000, dtype=bool) for name in ("space", "tibetan", "syllable")}
-    tables["tibetan"][0x0F00:0x1000] = True
-    for name, expression in (("space", r"\s"), ("syllable", f"[{TIBETAN_SYLLABLE_CHARS}]")):
-        tables[name][list(map(ord, re.findall(expression, every)))] = True
-    return tables
-
-
-class TextCounts(NamedTuple):
-    """Per text: characters, UTF-8 bytes, syllables (``count_syllables``) and, with ``tibetan``, the
-    characters in the Tibetan block and the whitespace characters (``tibetan_ratio``'s numbers)."""
-
-    chars: np.ndarray
-    utf8_bytes: np.ndarray
-    syllables: np.ndarray
-    tibetan: np.ndarray | None
-    spaces: np.ndarray | None
-
-    @classmethod
-    def of(cls, texts: list[str], tibetan: bool = True) -> "TextCounts":
-        tables = _code_point_tables()
-        chars = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-        # the texts' code points, one separator after each (no syllable, Tibetan or space character)
-        points = np.frombuffer("\x00".join(texts + [""]).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        starts = np.cumsum(chars + 1) - (chars + 1)
-
-        def per_text(values: np.ndarray) -> np.ndarray:  # sums over each text and its separator
-            if not len(texts):
-                return np.zeros(0, dtype=np.int64)
-            return np.add.reduceat(values.view(np.uint8), starts, dtype=np.int64)
-
-        in_syllable = tables["syllable"][points]
-        syllable_starts = in_syllable.copy()
-        syllable_starts[1:] &= ~in_syllable[:-1]
-        syllables = per_text(syllable_starts)
-        extra_bytes = (points >= 0x80).view(np.uint8) + (points >= 0x800).view(np.uint8) + (points >= 0x10000).view(np.uint8)
-        utf8 = chars + per_text(extra_bytes)
-        if not tibetan:
-            return cls(chars, utf8, syllables, None, None)
-        return cls(chars, utf8, syllables, per_text(tables["tibetan"][points]), per_text(tables["space"][points]))
-
-
-_FILTER_REASONS = (None, "empty", "low_tibetan_ratio", "too_short")
-
-
-def drop_reasons(counts: list[TextCounts], filters: FilterConfig) -> np.ndarray:
-    """Per document (its texts' counts, one TextCounts per JSON key): 0 to keep it, else the index in
-    ``_FILTER_REASONS`` of the reason :func:`megatron_tibetan.text.filters.check_text` gives for the first
-    text it drops."""
-    reasons = np.zeros(len(counts[0].chars), dtype=np.int64)
-    for c in counts:
-        reason = np.where(c.chars < filters.min_chars, 3, 0)
-        if filters.min_tibetan_ratio > 0:
-            non_space = c.chars - c.spaces
-            ratio = np.divide(c.tibetan, non_space, out=np.zeros(len(non_space)), where=non_space > 0)
-            reason = np.where(ratio < filters.min_tibetan_ratio, 2, reason)
-        reason = np.where(c.chars == 0, 1, reason)
-        reasons = np.where(reasons == 0, reason, reasons)
-    return reasons
 
 
 def _sample_texts(chunk: _Block | list[RawDocument], config: PreprocessConfig, limit: int = 200) -> list[str]:

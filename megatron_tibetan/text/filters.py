@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from megatron_tibetan.text.segment import tibetan_ratio
+from megatron_tibetan.text.segment import TextCounts, tibetan_ratio
 
 DROP_REASONS = ("invalid_utf8", "empty", "low_tibetan_ratio", "too_short", "duplicate")
 
@@ -87,3 +87,22 @@ class DuplicateFilter:
         else:
             self.not_remembered += 1
         return False
+
+
+FILTER_REASONS = (None, "empty", "low_tibetan_ratio", "too_short")
+
+
+def drop_reasons(counts: list[TextCounts], filters: FilterConfig) -> np.ndarray:
+    """Per document (its texts' counts, one TextCounts per JSON key): 0 to keep it, else the index in
+    ``FILTER_REASONS`` of the reason :func:`check_text` gives for the first
+    text it drops."""
+    reasons = np.zeros(len(counts[0].chars), dtype=np.int64)
+    for c in counts:
+        reason = np.where(c.chars < filters.min_chars, 3, 0)
+        if filters.min_tibetan_ratio > 0:
+            non_space = c.chars - c.spaces
+            ratio = np.divide(c.tibetan, non_space, out=np.zeros(len(non_space)), where=non_space > 0)
+            reason = np.where(ratio < filters.min_tibetan_ratio, 2, reason)
+        reason = np.where(c.chars == 0, 1, reason)
+        reasons = np.where(reasons == 0, reason, reasons)
+    return reasons

@@ -25,6 +25,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+import numpy as np
+
 TSHEG = "\u0f0b"
 NB_TSHEG = "\u0f0c"
 SHAD = "\u0f0d"
@@ -55,3 +57,43 @@ def normalize(text: str, keep_newlines: bool = False) -> str:
         text = _NEWLINE_SPACES.sub("\n", _SPACES.sub(" ", text.replace("\r\n", "\n").replace("\r", "\n")))
         return re.sub(r"\n{2,}", "\n", text).strip()
     return _SPACES_ALL.sub(" ", text).strip()
+
+
+# The same on a batch of texts (preprocessing's chunks).
+
+_DOCUMENT_SEPARATOR = "\uffff"  # between documents joined for one search: a noncharacter no rule touches
+# Where normalize() may change a text, one alternative per rule above:
+# (1) control and format characters (every Cc and Cf, a superset of those it removes; anything beyond the
+# BMP too, to be safe), (2) deprecated vowel signs, (4) the non-breaking tsheg, (5) a space at a tsheg,
+# (6) tsheg runs and shad runs of three, (7) any whitespace but one space inside the text. (3), NFC, is
+# checked with unicodedata.is_normalized. A text with none of these is its own normal form: each rule
+# then leaves it as it is.
+_MAY_CHANGE = None
+
+
+def _may_change() -> re.Pattern:
+    global _MAY_CHANGE
+    if _MAY_CHANGE is None:
+        cc_cf = "".join(c for c in map(chr, range(0x10000)) if unicodedata.category(c) in ("Cc", "Cf"))
+        _MAY_CHANGE = re.compile(
+            f"[{re.escape(cc_cf)}\\U00010000-\\U0010ffff\u0f77\u0f79\u0f0c]|[^\\S ]|  | \u0f0b|\u0f0b |\u0f0b\u0f0b"
+            f"|\u0f0d\u0f0d\u0f0d|(?:^|{_DOCUMENT_SEPARATOR}) | (?:{_DOCUMENT_SEPARATOR}|$)")
+    return _MAY_CHANGE
+
+
+def normalize_texts(texts: list[str]) -> list[str]:
+    """``[normalize(t, keep_newlines="\\n" in t) for t in texts]``, normalising only the texts where a rule
+    could change something (see ``_may_change``); the others are returned as they are (tested equal)."""
+    joined = _DOCUMENT_SEPARATOR.join(texts)
+    starts = np.cumsum([0] + [len(t) + 1 for t in texts])
+    positions = [p for m in _may_change().finditer(joined) for p in (m.start(), m.end() - 1)]
+    changed = set(np.searchsorted(starts, positions, side="right") - 1) if positions else set()
+    # the separator never composes with a neighbour: the whole is NFC exactly when every text is
+    if not unicodedata.is_normalized("NFC", joined):
+        changed.update(i for i, t in enumerate(texts) if not unicodedata.is_normalized("NFC", t))
+    if not changed:
+        return texts
+    texts = list(texts)
+    for i in map(int, changed):
+        texts[i] = normalize(texts[i], keep_newlines="\n" in texts[i])
+    return texts

@@ -3,7 +3,11 @@ punctuation and whitespace. Used for fertility (tokens per syllable) and syllabl
 
 from __future__ import annotations
 
+import functools
 import re
+from typing import NamedTuple
+
+import numpy as np
 
 # tsheg, non-breaking tsheg, the shads U+0F0D..U+0F12, gter tsheg U+0F14, and other Tibetan marks
 # (head marks U+0F01..U+0F0A, U+0F13, U+0F34, U+0F36, U+0F38, brackets U+0F3A..U+0F3D, U+0F85, U+0FD0..U+0FDA)
@@ -38,3 +42,49 @@ def tibetan_ratio(text: str) -> float:
     if not non_space:
         return 0.0
     return sum(map(len, _TIBETAN_RUN.findall(text))) / non_space
+
+
+@functools.lru_cache(maxsize=None)
+def _code_point_tables() -> dict[str, np.ndarray]:
+    """Per code point: whitespace (re's \\s, which normalize and tibetan_ratio use), Tibetan block, syllable
+    character (megatron_tibetan.text.segment's class)."""
+    every = "".join(map(chr, range(0x10000)))  # no whitespace or Tibetan beyond the BMP
+    tables = {name: np.zeros(0x110000, dtype=bool) for name in ("space", "tibetan", "syllable")}
+    tables["tibetan"][0x0F00:0x1000] = True
+    for name, expression in (("space", r"\s"), ("syllable", f"[{TIBETAN_SYLLABLE_CHARS}]")):
+        tables[name][list(map(ord, re.findall(expression, every)))] = True
+    return tables
+
+
+class TextCounts(NamedTuple):
+    """Per text: characters, UTF-8 bytes, syllables (``count_syllables``) and, with ``tibetan``, the
+    characters in the Tibetan block and the whitespace characters (``tibetan_ratio``'s numbers)."""
+
+    chars: np.ndarray
+    utf8_bytes: np.ndarray
+    syllables: np.ndarray
+    tibetan: np.ndarray | None
+    spaces: np.ndarray | None
+
+    @classmethod
+    def of(cls, texts: list[str], tibetan: bool = True) -> "TextCounts":
+        tables = _code_point_tables()
+        chars = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        # the texts' code points, one separator after each (no syllable, Tibetan or space character)
+        points = np.frombuffer("\x00".join(texts + [""]).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        starts = np.cumsum(chars + 1) - (chars + 1)
+
+        def per_text(values: np.ndarray) -> np.ndarray:  # sums over each text and its separator
+            if not len(texts):
+                return np.zeros(0, dtype=np.int64)
+            return np.add.reduceat(values.view(np.uint8), starts, dtype=np.int64)
+
+        in_syllable = tables["syllable"][points]
+        syllable_starts = in_syllable.copy()
+        syllable_starts[1:] &= ~in_syllable[:-1]
+        syllables = per_text(syllable_starts)
+        extra_bytes = (points >= 0x80).view(np.uint8) + (points >= 0x800).view(np.uint8) + (points >= 0x10000).view(np.uint8)
+        utf8 = chars + per_text(extra_bytes)
+        if not tibetan:
+            return cls(chars, utf8, syllables, None, None)
+        return cls(chars, utf8, syllables, per_text(tables["tibetan"][points]), per_text(tables["space"][points]))
