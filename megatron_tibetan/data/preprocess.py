@@ -44,7 +44,7 @@ from megatron_tibetan.data.indexed import DocumentWriter, dataset_prefix, token_
 from megatron_tibetan.text.filters import DROP_REASONS, FILTER_REASONS, DuplicateFilter, FilterConfig, drop_reasons, text_digest
 from megatron_tibetan.text.normalize import normalize, normalize_texts
 from megatron_tibetan.text.readers import (
-    _STREAM_ERRORS, InputError, RawDocument, decode_document, expand_inputs, is_jsonl, open_binary, read_documents,
+    InputError, LineBlock, RawDocument, decode_document, expand_inputs, is_jsonl, read_documents, read_line_blocks,
 )
 from megatron_tibetan.text.segment import TextCounts
 
@@ -76,23 +76,6 @@ class _WorkerSpec(NamedTuple):
     encoder: str  # chosen once by select_encoder in the main process
 
 
-class _Block(NamedTuple):
-    """Whole lines of one input file, undecoded: what the main process reads for a chunk."""
-
-    source: str
-    first_line: int  # 1-based number of the first line
-    data: bytes
-    is_json: bool
-
-    def documents(self) -> list[RawDocument]:
-        """One document per line, as :func:`megatron_tibetan.text.readers.read_documents` gives them."""
-        lines = self.data.split(b"\n")
-        if self.data.endswith(b"\n"):
-            lines.pop()
-        return [RawDocument(self.source, self.first_line + i, line.rstrip(b"\r\n"), self.is_json)
-                for i, line in enumerate(lines)]
-
-
 class _Chunk(NamedTuple):
     """What a worker returns for one chunk. The arrays cover the documents that passed the
     per-document filters; duplicates are decided in the main process, which sees every document."""
@@ -122,7 +105,7 @@ def _init_worker(spec: _WorkerSpec) -> None:
     _WORKER["cpu_mark"] = time.process_time()  # start-up ends here
 
 
-def _encode_chunk(chunk: _Block | list[RawDocument], dtype: str) -> _Chunk:
+def _encode_chunk(chunk: LineBlock | list[RawDocument], dtype: str) -> _Chunk:
     spec: _WorkerSpec = _WORKER["spec"]
     decoded = _decode(chunk, spec.json_keys)
     columns = [normalize_texts(c) for c in decoded.columns] if spec.normalize else decoded.columns
@@ -179,12 +162,12 @@ class _Decoded(NamedTuple):
 _JSON = json.JSONDecoder()
 
 
-def _decode(chunk: _Block | list[RawDocument], keys: tuple[str, ...]) -> _Decoded:
+def _decode(chunk: LineBlock | list[RawDocument], keys: tuple[str, ...]) -> _Decoded:
     """The texts of a chunk. A block of lines is decoded, split and parsed at once; a block with anything
     unusual (invalid UTF-8, a blank, malformed or non-object JSON line, a missing or non-string key, JSON
     with surrounding spaces) and paragraph documents go document by document through
     :func:`megatron_tibetan.text.readers.decode_document`, which reports each problem with file and line."""
-    if isinstance(chunk, _Block):
+    if isinstance(chunk, LineBlock):
         decoded = _decode_block(chunk, keys)
         if decoded is not None:
             return decoded
@@ -202,7 +185,7 @@ def _decode(chunk: _Block | list[RawDocument], keys: tuple[str, ...]) -> _Decode
     return _Decoded(len(chunk), sum(len(doc.data) for doc in chunk), columns, invalid)
 
 
-def _decode_block(block: _Block, keys: tuple[str, ...]) -> _Decoded | None:
+def _decode_block(block: LineBlock, keys: tuple[str, ...]) -> _Decoded | None:
     try:
         text = block.data.decode("utf-8")
     except UnicodeDecodeError:
@@ -238,10 +221,10 @@ def _decode_block(block: _Block, keys: tuple[str, ...]) -> _Decoded | None:
     return _Decoded(len(lines), raw_bytes, columns, [])
 
 
-def _sample_texts(chunk: _Block | list[RawDocument], config: PreprocessConfig, limit: int = 200) -> list[str]:
+def _sample_texts(chunk: LineBlock | list[RawDocument], config: PreprocessConfig, limit: int = 200) -> list[str]:
     """Texts of the first documents, as the workers will tokenise them, for the encoder's start-up check."""
     texts = []
-    for doc in (chunk.documents() if isinstance(chunk, _Block) else chunk)[:limit]:
+    for doc in (chunk.documents() if isinstance(chunk, LineBlock) else chunk)[:limit]:
         try:
             decoded = decode_document(doc, config.json_keys)
         except (UnicodeDecodeError, InputError):  # reported by the workers with file:line
@@ -250,7 +233,7 @@ def _sample_texts(chunk: _Block | list[RawDocument], config: PreprocessConfig, l
     return texts
 
 
-def _read_chunks(paths: list[Path], config: PreprocessConfig) -> Iterator[_Block | list[RawDocument]]:
+def _read_chunks(paths: list[Path], config: PreprocessConfig) -> Iterator[LineBlock | list[RawDocument]]:
     """The input in chunks of about ``chunk_bytes``: blocks of whole lines, or lists of paragraph documents;
     ``config.limit`` documents at most."""
     left = config.limit if config.limit is not None else float("inf")
@@ -258,7 +241,7 @@ def _read_chunks(paths: list[Path], config: PreprocessConfig) -> Iterator[_Block
         if config.paragraphs and not is_jsonl(path):
             chunks = _chunks(read_documents(path, paragraphs=True), config.chunk_bytes)
         else:
-            chunks = _read_blocks(path, config.chunk_bytes)
+            chunks = read_line_blocks(path, config.chunk_bytes)
         for chunk in chunks:
             if left <= 0:
                 return
@@ -269,25 +252,7 @@ def _read_chunks(paths: list[Path], config: PreprocessConfig) -> Iterator[_Block
             yield chunk
 
 
-def _read_blocks(path: Path, chunk_bytes: int) -> Iterator[_Block]:
-    """Blocks of about ``chunk_bytes`` of whole lines (a corrupt or truncated compressed stream raises
-    :class:`InputError` with the file and the last line read, as the readers do)."""
-    is_json, line = is_jsonl(path), 1
-    with open_binary(path) as stream:
-        while True:
-            try:
-                data = stream.read(chunk_bytes)
-                if data and not data.endswith(b"\n"):
-                    data += stream.readline()
-            except _STREAM_ERRORS as error:
-                raise InputError(f"{path}: unreadable stream after line {line - 1}: {error}") from error
-            if not data:
-                return
-            yield _Block(str(path), line, data, is_json)
-            line += data.count(b"\n")
-
-
-def _first_lines(block: _Block, n: int) -> _Block:
+def _first_lines(block: LineBlock, n: int) -> LineBlock:
     end = -1
     for _ in range(n):
         end = block.data.find(b"\n", end + 1)

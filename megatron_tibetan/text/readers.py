@@ -84,6 +84,10 @@ def is_jsonl(path: str | os.PathLike) -> bool:
     return name.endswith((".jsonl", ".json"))
 
 
+def _unreadable(path, line: int, error: BaseException) -> InputError:
+    return InputError(f"{path}: unreadable stream after line {line}: {error}")
+
+
 def read_documents(path: str | os.PathLike, paragraphs: bool = False) -> Iterator[RawDocument]:
     """The documents of one file, streamed. A corrupt or truncated compressed stream raises
     :class:`InputError` naming the file and the last line read."""
@@ -98,7 +102,42 @@ def read_documents(path: str | os.PathLike, paragraphs: bool = False) -> Iterato
             for lineno, line in enumerate(stream, 1):
                 yield RawDocument(str(path), lineno, line.rstrip(b"\r\n"), is_json)
         except _STREAM_ERRORS as error:
-            raise InputError(f"{path}: unreadable stream after line {lineno}: {error}") from error
+            raise _unreadable(path, lineno, error) from error
+
+
+class LineBlock(NamedTuple):
+    """Whole lines of one input file, undecoded (a chunk that preprocessing decodes at once)."""
+
+    source: str
+    first_line: int  # 1-based number of the first line
+    data: bytes
+    is_json: bool
+
+    def documents(self) -> list[RawDocument]:
+        """One document per line, as :func:`read_documents` gives them."""
+        lines = self.data.split(b"\n")
+        if self.data.endswith(b"\n"):
+            lines.pop()
+        return [RawDocument(self.source, self.first_line + i, line.rstrip(b"\r\n"), self.is_json)
+                for i, line in enumerate(lines)]
+
+
+def read_line_blocks(path: Path, chunk_bytes: int) -> Iterator[LineBlock]:
+    """Blocks of about ``chunk_bytes`` of whole lines (a corrupt or truncated compressed stream raises
+    :class:`InputError` with the file and the last line read, as :func:`read_documents` does)."""
+    is_json, line = is_jsonl(path), 1
+    with open_binary(path) as stream:
+        while True:
+            try:
+                data = stream.read(chunk_bytes)
+                if data and not data.endswith(b"\n"):
+                    data += stream.readline()
+            except _STREAM_ERRORS as error:
+                raise _unreadable(path, line - 1, error) from error
+            if not data:
+                return
+            yield LineBlock(str(path), line, data, is_json)
+            line += data.count(b"\n")
 
 
 def _paragraphs(stream: BinaryIO, source: str) -> Iterator[RawDocument]:
