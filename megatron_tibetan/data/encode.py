@@ -25,6 +25,7 @@ tokens that the post-processor adds (a BOS, say) are added the same way.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
@@ -472,15 +473,13 @@ class PieceCachedEncoder(_RoutedEncoder):
             self._index.update(zip(new_pieces, range(first, need_rows)))
 
 
-_ACCEPTED = None  # the characters _encode_fast may see (built on first use)
 _CLASS_ESCAPES = frozenset("pPsSdDwW")
 
 
+@functools.lru_cache(maxsize=None)
 def _accepted_chars() -> list[str]:
-    global _ACCEPTED
-    if _ACCEPTED is None:
-        _ACCEPTED = [chr(c) for c in range(0x10000) if not _UNSTABLE_CHARS.match(chr(c))]
-    return _ACCEPTED
+    """The characters _encode_fast may see (built on first use)."""
+    return [chr(c) for c in range(0x10000) if not _UNSTABLE_CHARS.match(chr(c))]
 
 
 def _char_ranges(chars: list[str]) -> str:

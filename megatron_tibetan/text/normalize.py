@@ -22,6 +22,7 @@ test text agree. The rules, in the order they apply:
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -68,17 +69,12 @@ _DOCUMENT_SEPARATOR = "\uffff"  # between documents joined for one search: a non
 # (6) tsheg runs and shad runs of three, (7) any whitespace but one space inside the text. (3), NFC, is
 # checked with unicodedata.is_normalized. A text with none of these is its own normal form: each rule
 # then leaves it as it is.
-_MAY_CHANGE = None
-
-
+@functools.lru_cache(maxsize=None)
 def _may_change() -> re.Pattern:
-    global _MAY_CHANGE
-    if _MAY_CHANGE is None:
-        cc_cf = "".join(c for c in map(chr, range(0x10000)) if unicodedata.category(c) in ("Cc", "Cf"))
-        _MAY_CHANGE = re.compile(
-            f"[{re.escape(cc_cf)}\\U00010000-\\U0010ffff\u0f77\u0f79\u0f0c]|[^\\S ]|  | \u0f0b|\u0f0b |\u0f0b\u0f0b"
-            f"|\u0f0d\u0f0d\u0f0d|(?:^|{_DOCUMENT_SEPARATOR}) | (?:{_DOCUMENT_SEPARATOR}|$)")
-    return _MAY_CHANGE
+    cc_cf = "".join(c for c in map(chr, range(0x10000)) if unicodedata.category(c) in ("Cc", "Cf"))
+    return re.compile(
+        f"[{re.escape(cc_cf)}\\U00010000-\\U0010ffff\u0f77\u0f79\u0f0c]|[^\\S ]|  | \u0f0b|\u0f0b |\u0f0b\u0f0b"
+        f"|\u0f0d\u0f0d\u0f0d|(?:^|{_DOCUMENT_SEPARATOR}) | (?:{_DOCUMENT_SEPARATOR}|$)")
 
 
 def normalize_texts(texts: list[str]) -> list[str]:
