@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from megatron_tibetan import presets  # noqa: E402
 from megatron_tibetan.evaluation.layers import analyze  # noqa: E402
 from megatron_tibetan.evaluation.report import layers_report  # noqa: E402
-from megatron_tibetan.evaluation.translate import prompt  # noqa: E402
+from megatron_tibetan.data.prompts import translation_messages  # noqa: E402
 from megatron_tibetan.text import normalize  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -55,7 +55,7 @@ def sft_batches(tok, src: Path, tgt: Path, steps: int, batch: int, seq: int):
         labels = torch.full((batch, seq), -100)
         mask = torch.zeros((batch, seq), dtype=torch.long)
         for r, (s, t) in enumerate(pairs[i : i + batch]):
-            messages = [{"role": "user", "content": prompt(s, "en")}, {"role": "assistant", "content": t}]
+            messages = translation_messages(s, "en", "bo", 0, answer=t)
             head = tok.apply_chat_template(messages[:1], add_generation_prompt=True, tokenize=False)
             full = tok.apply_chat_template(messages, tokenize=False)
             p, f = tok(head, add_special_tokens=False)["input_ids"], tok(full, add_special_tokens=False)["input_ids"][:seq]

@@ -40,11 +40,12 @@ def main(argv=None) -> int:
     # run after its first step; the loop installs its own handler and hands every signal back out to this one
     exit_signal = ExitSignal(cfg.train.exit_signals)
     try:
+        from megatron_tibetan.text.readers import InputError
         from megatron_tibetan.training.loop import NonFiniteLossError, run
 
         try:
             result = run(cfg)
-        except (ConfigError, FileNotFoundError, NonFiniteLossError) as e:
+        except (ConfigError, FileNotFoundError, InputError, NonFiniteLossError) as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
     finally:

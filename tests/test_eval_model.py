@@ -87,20 +87,22 @@ def test_bad_stride():
 
 
 def test_batched_translation_equals_one_by_one(tiny, shared_data):
+    from megatron_tibetan.data.chat import ChatEncoder
     from megatron_tibetan.evaluation.translate import chat_inputs, stop_ids, translate
 
     model, tok = tiny
+    encoder = ChatEncoder(tok)
     sources = (shared_data / "eval" / "flores200.dev.zh").read_text(encoding="utf-8").splitlines()[:3]
     sources[1] = sources[1][:10]  # unequal lengths exercise the left padding
-    got = translate(model, tok, sources, "zh", batch_size=3, max_new_tokens=6, progress=False)
+    got = translate(model, encoder, sources, "zh", batch_size=3, max_new_tokens=6, progress=False)
     assert len(got) == 3 and all("\n" not in h for h in got)
-    assert "<|im_start|>user" in tok.decode(chat_inputs(tok, sources[:1], "zh")[0])
+    assert "<|im_start|>user" in tok.decode(chat_inputs(encoder, sources[:1], "zh")[0])
     stops = stop_ids(tok)
     for source, hyp in zip(sources, got):
-        ids = torch.tensor(chat_inputs(tok, [source], "zh"))
+        ids = torch.tensor(chat_inputs(encoder, [source], "zh"))
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
                              eos_token_id=stops, pad_token_id=stops[0])[0, ids.shape[1]:].tolist()
         out = out[: next((k for k, t in enumerate(out) if t in stops), len(out))]
         assert hyp == " ".join(tok.decode(out, skip_special_tokens=True).split())
-    beams = translate(model, tok, sources, "zh", num_beams=2, batch_size=2, max_new_tokens=6, progress=False)
+    beams = translate(model, encoder, sources, "zh", num_beams=2, batch_size=2, max_new_tokens=6, progress=False)
     assert len(beams) == 3

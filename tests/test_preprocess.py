@@ -127,9 +127,29 @@ def test_paragraph_documents_keep_their_lines(tmp_path, nanhai, tokenizer):
     path.write_text("\n\n".join(paragraphs) + "\n", encoding="utf-8")
     stats = preprocess(_config(tmp_path, [path], paragraphs=True, append_eod=True), tokenizer)
     _, documents = _read(stats["datasets"]["text"])
-    expected = [normalize(p, keep_newlines=True) for p in paragraphs]
+    expected = [normalize(p, keep_layout=True) for p in paragraphs]
     assert all(text.count("\n") == 2 for text in expected)
     assert stats["documents_in"] == 4 and documents == [tokenizer(t).input_ids + [tokenizer.eos_token_id] for t in expected]
+
+
+def test_multi_line_documents_keep_their_layout_unless_asked(tmp_path, tokenizer):
+    """As Megatron-LM's preprocess_data.py keeps a document's text: blank lines, indentation and runs of spaces
+    of a JSONL text stay; the Tibetan rules still apply; --no-keep-layout gives the earlier one-newline form."""
+    layout = "ཀ་ཁ་ག་ང་ཅ་ཆ་ཇ་ཉ།\n\n    ཏ་ཐ་་ད་ན།  པ་ཕ་བ་མ།\r\n- ཙ་ཚ་ཛ་ཝ།\n"
+    one_line = "ཀ་ཁ་ག་ང།   ཅ་ཆ་ཇ་ཉ།  "
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in (layout, one_line)), encoding="utf-8")
+    filters = FilterConfig(min_chars=0, min_tibetan_ratio=0, dedup=False)
+    kept = preprocess(_config(tmp_path, [path], filters=filters), tokenizer)
+    _, documents = _read(kept["datasets"]["text"])
+    assert [tokenizer.decode(d) for d in documents] == [
+        "ཀ་ཁ་ག་ང་ཅ་ཆ་ཇ་ཉ།\n\n    ཏ་ཐ་ད་ན།  པ་ཕ་བ་མ།\n- ཙ་ཚ་ཛ་ཝ།\n", "ཀ་ཁ་ག་ང། ཅ་ཆ་ཇ་ཉ།"]
+    assert kept["keep_layout"] is True
+    collapsed = preprocess(replace(_config(tmp_path, [path], filters=filters), keep_layout=False,
+                                   output_prefix=str(tmp_path / "collapsed")), tokenizer)
+    _, documents = _read(collapsed["datasets"]["text"])
+    assert tokenizer.decode(documents[0]) == normalize(layout, keep_newlines=True) == \
+        "ཀ་ཁ་ག་ང་ཅ་ཆ་ཇ་ཉ།\nཏ་ཐ་ད་ན། པ་ཕ་བ་མ།\n- ཙ་ཚ་ཛ་ཝ།"
 
 
 def test_qwen_vocabulary_is_written_as_int32(tmp_path, nanhai):
@@ -163,7 +183,8 @@ def test_batch_normalisation_equals_normalize(nanhai, kangyur):
     triggers = ["ཀ་་ཁ", "ཀ ་ཁ", "ཀ་ ཁ", "ཀ\u0f0cཁ", "།།།", " ཀ", "ཀ ", "ཀ  ཁ", "ཀ\nཁ", "\u0f42\u0fb7", "ཀ\u200b", ""]
     texts = nanhai[1] + kangyur + triggers + generated
     expected = [normalize(t, keep_newlines="\n" in t) for t in texts]
-    assert normalize_texts(texts) == expected
+    assert normalize_texts(texts, keep_layout=False) == expected
+    assert normalize_texts(texts) == [normalize(t, keep_newlines="\n" in t, keep_layout="\n" in t) for t in texts]
     assert sum(a != b for a, b in zip(texts, expected)) > 1000  # the rules had work to do
     normal = expected[: len(nanhai[1]) + len(kangyur)]
     assert normalize_texts(normal) is normal  # real text, already normal: nothing redone

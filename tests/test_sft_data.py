@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from megatron_tibetan.data.chat import PLAIN_TEMPLATE, ChatEncoder, ChatTemplateError, SpecialTokenError
-from megatron_tibetan.data.prompts import PHRASINGS, draw_phrasing, phrasings, translation_prompt
+from megatron_tibetan.data.prompts import PHRASINGS, draw_phrasing, phrasings, translation_messages, translation_prompt
 from megatron_tibetan.data.sft import SFTDataConfig, prepare_sft
 from megatron_tibetan.data.sft_dataset import (
     EpochSamples, SFTDataset, block_causal_mask, packed_seq_params, split_prefix, trim_padding,
@@ -164,8 +164,6 @@ def _pair_conversations(ntrex):
 # ---------------------------------------------------------------------------------------------- prompts
 
 def test_phrasings_live_in_one_place_and_evaluation_uses_the_first():
-    from megatron_tibetan.evaluation import translate
-
     assert set(PHRASINGS) == {("zh", "bo"), ("en", "bo"), ("bo", "zh"), ("bo", "en")}
     assert len(phrasings("zh", "bo")) == 14 and len(phrasings("en", "bo")) == 7 and len(phrasings("bo", "zh")) == 14
     for direction, items in PHRASINGS.items():
@@ -176,11 +174,11 @@ def test_phrasings_live_in_one_place_and_evaluation_uses_the_first():
     assert len(chinese) == 7  # written in the source language as well as in English
     text = "你好"
     # the evaluation prompt is the first phrasing, the one the project has always evaluated with
-    assert translate.prompt(text, "zh") == translation_prompt(text, "zh", "bo", 0) == \
+    assert translation_prompt(text, "zh") == translation_prompt(text, "zh", "bo", 0) == \
         "Translate the following Chinese text into Tibetan. Reply with the translation only.\n\n你好"
-    assert translate.prompt(text, "en") == translation_prompt(text, "en", "bo", 0)
+    assert translation_messages(text, "en") == [{"role": "user", "content": translation_prompt(text, "en", "bo", 0)}]
     with pytest.raises(ValueError, match="unknown language code 'fr'"):
-        translate.prompt(text, "fr")
+        translation_prompt(text, "fr")
 
 
 def test_phrasing_draw_is_fixed_by_seed_and_pair_and_covers_all(ntrex):

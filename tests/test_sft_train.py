@@ -1,6 +1,7 @@
 """SFT through the training loop (tests/train_sft.py, one launch): the packed loss equals per-example
 `transformers` losses for SmolLM2's and Qwen2.5's templates, resume mid-epoch is exact, and a model
-fine-tuned on 32 pairs translates them back through tools/evaluate.py (export, chat template, generation)."""
+fine-tuned from a tiny CPT run on 32 pairs translates every one back exactly through
+tools/convert_checkpoint.py export and tools/evaluate.py (chat template, prompt, generation)."""
 
 from __future__ import annotations
 
@@ -41,20 +42,31 @@ def test_resume_mid_epoch_equals_the_uninterrupted_run(sft):
     assert len(out["full"]) == 10 and out["resumed"] == out["full"][6:]  # identical floats, data position included
 
 
-def test_memorised_pairs_translate_back_through_evaluate(sft, tmp_path):
+def test_memorised_pairs_translate_back_through_export_and_evaluate(sft, tmp_path):
+    """Fails whenever training and inference disagree anywhere: data normalisation, template, masking,
+    tokenisation, export, the evaluation prompt or generation. Every line must come back exactly."""
     from megatron_tibetan.text import normalize
     from megatron_tibetan.text.readers import read_lines
 
     out = sft[0]["memorise"]
     losses = out["losses"]
-    assert losses[-1] < 0.05 * losses[0], losses
-    result = subprocess.run([sys.executable, "tools/evaluate.py", "--model", f"tiny={out['checkpoint']}",
-                             "--translate", f"en={out['sources']}", "--ref", out["references"], "--output",
-                             str(tmp_path), "--max-new-tokens", "200", "--batch-size", "16"],
+    assert out["cpt_losses"][-1] < out["cpt_losses"][0] and losses[-1] < 0.05 * losses[0], losses
+    hf = tmp_path / "hf"
+    exported = subprocess.run([sys.executable, "tools/convert_checkpoint.py", "export", "--megatron", out["checkpoint"],
+                               "--output", str(hf)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert exported.returncode == 0, exported.stderr[-4000:]
+    result = subprocess.run([sys.executable, "tools/evaluate.py", "--model", f"tiny={hf}", "--translate",
+                             f"en={out['sources']}", "--ref", out["references"], "--output", str(tmp_path / "eval"),
+                             "--max-new-tokens", "200", "--batch-size", "16", "--phrasings", "0,2"],
                             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
-    hyps = read_lines(tmp_path / "tiny.en-bo.greedy.hyp")
+    hyps = read_lines(tmp_path / "eval" / "tiny.en-bo.greedy.hyp")
     refs = [normalize(line) for line in read_lines(out["references"])]
-    exact = sum(h == r for h, r in zip(hyps, refs))
-    metrics = json.loads((tmp_path / "metrics.json").read_text())["models"]["tiny"]["en-bo.greedy"]
-    assert exact >= 30 and metrics["chrf"] > 95, (exact, metrics["chrf"], list(zip(hyps, refs))[:3])
+    assert hyps == refs, [(h, r) for h, r in zip(hyps, refs) if h != r][:3]
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert report["models"]["tiny"]["en-bo.greedy"]["chrf"] == 100.0
+    spread = report["phrasings"]["tiny"]["en-bo.greedy"]  # another phrasing, never trained: reported beside it
+    other = report["models"]["tiny"]["en-bo.p2.greedy"]["chrf"]
+    assert spread["chrf"] == {"0": 100.0, "2": other} and spread["min"] == min(100.0, other)
+    assert (tmp_path / "eval" / "tiny.en-bo.p2.greedy.hyp").is_file() and "per prompt phrasing" in \
+        (tmp_path / "eval" / "report.md").read_text()

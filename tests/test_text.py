@@ -171,6 +171,12 @@ def test_keep_newlines_synthetic():
     assert normalize(text, keep_newlines=True) == "ཀ་ཁ།\nག་ང། ཅ"
 
 
+def test_keep_layout_applies_the_tibetan_rules_only():
+    for text in ("def f(x):\n    return  x*2\n", "para one.\n\npara two", "- a\n\n  - b\t c\n", "  ཀ་ཁ།\n\n\tག་ང།  ཅ "):
+        assert normalize(text, keep_layout=True) == text
+    assert normalize("ཀ་་ཁ\u0f0cག \u0f0b ང\u200b\r\n\n  ཀ\u0f77", keep_layout=True) == "ཀ་ཁ་ག་ང\n\n  ཀ\u0fb2\u0f71\u0f80"
+
+
 def test_normalize_is_idempotent_and_nfc_on_real_sample(sample):
     changed = 0
     for line in sample:

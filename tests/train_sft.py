@@ -7,8 +7,9 @@
    weights, for SmolLM2's and Qwen2.5's chat templates (tiny random models with those vocabularies);
 2. resume: an SFT run stopped by SIGTERM in the middle of its second epoch and resumed equals the
    uninterrupted run;
-3. memorisation: the tiny config fine-tuned from scratch on 32 Tatoeba en->bo pairs (prompted with the
-   evaluation's first phrasing), for tests/test_sft_train.py to translate back through tools/evaluate.py.
+3. memorisation: a tiny CPT run, then SFT from it on 32 Tatoeba en->bo pairs (prompted with the
+   evaluation's first phrasing), for tests/test_sft_train.py to export and translate back through
+   tools/convert_checkpoint.py and tools/evaluate.py.
 """
 
 from __future__ import annotations
@@ -130,36 +131,50 @@ def resume(work: Path) -> dict:
 
 
 def memorise(work: Path) -> dict:
-    """32 Tatoeba en->bo pairs, prompted as tools/evaluate.py prompts (the first phrasing), learnt by heart by
-    the tiny model from scratch. The tokenizer is SmolLM2's with 1,000 Tibetan tokens (tools/extend_tokenizer.py
-    on Nanhai), as a user adapting SmolLM2 would train it: the answers are then a few tokens per syllable
-    instead of nine, which a few epochs learn."""
-    from megatron_tibetan.data.prompts import translation_prompt
+    """The user's chain on a small scale: SmolLM2's tokenizer extended with 1,000 Tibetan tokens
+    (tools/extend_tokenizer.py on Nanhai), a short tiny CPT run on Nanhai, then SFT from that checkpoint on
+    32 Tatoeba en->bo pairs written as chat JSONL with the evaluation's own prompt
+    (``translation_messages``), learnt by heart; tests/test_sft_train.py exports and translates them back.
+    With the extension the answers are a few tokens per syllable instead of nine, which a few epochs learn."""
+    from megatron_tibetan.data.preprocess import PreprocessConfig, preprocess
+    from megatron_tibetan.data.prompts import translation_messages
+    from megatron_tibetan.text.filters import FilterConfig
     from megatron_tibetan.text.readers import read_lines
+    from megatron_tibetan.tokenizer.base import load_tokenizer
     from megatron_tibetan.tokenizer.extend import extend_tokenizer
     from megatron_tibetan.training import loop
 
     tokenizer = work / "smollm2-bo1k"
-    extend_tokenizer("smollm2", [DATA / "mono" / "nanhai.bo.txt.xz", TATOEBA[1]], 1000, tokenizer,
-                     max_lines_per_file=[2000, None])
+    nanhai = DATA / "mono" / "nanhai.bo.txt.xz"
+    extend_tokenizer("smollm2", [nanhai, TATOEBA[1]], 1000, tokenizer, max_lines_per_file=[2000, None])
+    hf = dict(TINY_HF, vocab_size=len(load_tokenizer(str(tokenizer))))
+    hf_config = "model.hf_config=" + yaml.safe_dump(hf, default_flow_style=True).strip()
+
+    cpt_data = preprocess(PreprocessConfig(inputs=(str(nanhai),), output_prefix=str(work / "nanhai_bo1k"),
+                                           tokenizer=str(tokenizer), append_eod=True, limit=2000, progress=False,
+                                           filters=FilterConfig(dedup=False)))["datasets"]["text"]
+    from megatron_tibetan.config import load_config
+
+    cpt = loop.run(load_config(ROOT / "configs" / "cpt" / "tiny-cpu.yaml", [
+        f"data.paths=[{cpt_data}]", f"data.tokenizer={tokenizer}", f"data.cache_dir={work / 'cache'}", hf_config,
+        "train.iterations=20", f"checkpoint.dir={work / 'cpt' / 'ckpt'}", "checkpoint.save_interval=null",
+        f"logging.dir={work / 'cpt'}", "logging.progress=false", "validation.interval=null"]))
+
     en, bo = (read_lines(p)[:32] for p in TATOEBA)
     chats = work / "tatoeba32.jsonl"
     with open(chats, "w", encoding="utf-8") as f:
         for src, tgt in zip(en, bo):
-            messages = [{"role": "user", "content": translation_prompt(src, "en")}, {"role": "assistant", "content": tgt}]
-            f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+            f.write(json.dumps({"messages": translation_messages(src, "en", "bo", 0, answer=tgt)}, ensure_ascii=False) + "\n")
     (work / "tatoeba32.en").write_text("\n".join(en) + "\n", encoding="utf-8")
     (work / "tatoeba32.bo").write_text("\n".join(bo) + "\n", encoding="utf-8")
     prefix = prepare(work / "sft_memorise", str(tokenizer), messages=(str(chats),), max_length=256, seq_length=256)
-    from megatron_tibetan.tokenizer.base import load_tokenizer
-
-    hf = dict(TINY_HF, vocab_size=len(load_tokenizer(str(tokenizer))))
-    result = loop.run(sft_config(work, "memorise", prefix, "checkpoint.load=null", "checkpoint.finetune=false",
-                                 "model.hf_config=" + yaml.safe_dump(hf, default_flow_style=True).strip(),
+    result = loop.run(sft_config(work, "memorise", prefix, f"checkpoint.load={work / 'cpt' / 'ckpt'}",
+                                 "checkpoint.finetune=true", hf_config,
                                  f"data.tokenizer={tokenizer}", "train.epochs=35", "batch.global_batch_size=2",
                                  "optimizer.lr=3e-3", "optimizer.min_lr=3e-4", "schedule.warmup_fraction=0.05",
                                  "checkpoint.save_interval=null", "checkpoint.keep_last=1", "logging.interval=10"))
     return {"checkpoint": str(work / "memorise" / "ckpt"), "losses": [r["loss"] for r in result["records"]],
+            "cpt_losses": [r["loss"] for r in cpt["records"]],
             "sources": str(work / "tatoeba32.en"), "references": str(work / "tatoeba32.bo")}
 
 

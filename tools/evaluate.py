@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from megatron_tibetan.data.chat import TEMPLATES  # noqa: E402
 from megatron_tibetan.evaluation.models import named_paths  # noqa: E402
 from megatron_tibetan.evaluation.run import evaluate, score_files  # noqa: E402
 from megatron_tibetan.text.readers import InputError  # noqa: E402
@@ -50,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer", help="tokenizer spec when the model directory has none")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--template", choices=TEMPLATES, default="auto",
+                   help="chat template of the prompts, as given to tools/prepare_sft.py (auto: the model's own if it has one, else plain)")
+    p.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template file (as tools/prepare_sft.py --chat-template)")
+    p.add_argument("--phrasings", default="0", metavar="0|all|LIST",
+                   help="prompt phrasings to translate with (data/prompts.py): 0 (the default), all, or e.g. 0,3,7; "
+                        "chrF per phrasing and its spread are reported")
     a = p.parse_args(argv)
     if a.hyp and (a.model or not a.ref):
         p.error("--hyp scores existing translations: give --ref and no --model")
@@ -73,6 +80,7 @@ def run(a: argparse.Namespace) -> None:
             beams=tuple(int(b) for b in a.beams.split(",")), limit=a.limit, whole_file=a.whole_file,
             max_length=a.max_length, stride=a.stride, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
             n_bootstrap=a.bootstrap, tokenizer=a.tokenizer, device=a.device, dtype=a.dtype,
+            template=a.template, chat_template=a.chat_template, phrasings=a.phrasings,
         )
 
 

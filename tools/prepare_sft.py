@@ -47,7 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template to render with instead (overrides --template)")
     p.add_argument("--train-on", choices=TRAIN_ON, default=d.train_on, help="which assistant turns are trained")
     p.add_argument("--normalize-messages", action=argparse.BooleanOptionalAction, default=d.normalize_messages,
-                   help="apply text.normalize (keeping newlines) to chat message contents")
+                   help="apply text.normalize's Tibetan rules to chat message contents")
+    p.add_argument("--keep-layout", action=argparse.BooleanOptionalAction, default=d.keep_layout,
+                   help="messages keep newlines, blank lines, indentation and runs of spaces as written; "
+                        "--no-keep-layout: one newline between lines, single spaces")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -60,6 +63,7 @@ def main(argv=None) -> int:
             messages=tuple(args.messages), exclude=tuple(args.exclude), valid_fraction=args.valid_fraction,
             max_length=args.max_length, reverse_share=args.reverse_share, seed=args.seed, template=args.template,
             chat_template=args.chat_template, train_on=args.train_on, normalize_messages=args.normalize_messages,
+            keep_layout=args.keep_layout,
             seq_length=args.seq_length, progress=not args.no_progress,
         )
         stats = prepare_sft(config)

@@ -34,6 +34,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--append-eod", action="store_true", help="append the tokenizer's eos token to every document")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
                    help="apply megatron_tibetan.text.normalize before filtering and tokenising")
+    p.add_argument("--keep-layout", action=argparse.BooleanOptionalAction, default=True,
+                   help="a multi-line document (a JSONL text with paragraphs, --paragraphs) keeps its newlines, blank "
+                        "lines, indentation and spaces as written; --no-keep-layout: one newline between lines, "
+                        "single spaces (a one-line document always becomes one line with single spaces)")
     p.add_argument("--paragraphs", action="store_true", help=".txt: documents are separated by blank lines")
     p.add_argument("--min-chars", type=int, default=defaults.min_chars, help="drop shorter documents (too_short)")
     p.add_argument("--min-tibetan-ratio", type=float, default=defaults.min_tibetan_ratio,
@@ -57,6 +61,7 @@ def main(argv=None) -> int:
         json_keys=tuple(args.json_keys),
         append_eod=args.append_eod,
         normalize=args.normalize,
+        keep_layout=args.keep_layout,
         paragraphs=args.paragraphs,
         filters=FilterConfig(args.min_chars, args.min_tibetan_ratio, args.dedup, args.dedup_memory_mb),
         limit=args.limit,

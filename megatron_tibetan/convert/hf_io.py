@@ -8,8 +8,7 @@ from pathlib import Path
 import torch
 
 from megatron_tibetan import presets
-
-INDEX = "model.safetensors.index.json"
+from megatron_tibetan.hf_dir import INDEX, check_weights
 
 
 def resolve_source(src: str | Path) -> tuple[Path, str | None]:
@@ -23,6 +22,7 @@ def resolve_source(src: str | Path) -> tuple[Path, str | None]:
         raise FileNotFoundError(f"HF source {src!r}: not the preset 'smollm2', an HF directory or a .gguf file")
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path / 'config.json'} not found: {path} is not an HF checkpoint directory")
+    check_weights(path)
     return path, None
 
 

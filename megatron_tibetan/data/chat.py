@@ -29,9 +29,12 @@ without an end-of-turn token. :class:`SpecialTokenError`: a message holds a spec
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
+
+from megatron_tibetan.text.readers import InputError
 
 ROLES = ("system", "user", "assistant")
 # end-of-turn tokens of common chat templates (ChatML, Llama 3, Phi, Gemma); the eos token is added
@@ -50,6 +53,21 @@ PLAIN_TEMPLATE = (
 )
 TEMPLATES = ("auto", "model", "plain")  # auto: the model's own if it has one, else plain
 TRAIN_ON = ("all", "last")  # every assistant turn, or only the last one
+
+
+def load_chat_template(path: str | Path) -> str:
+    """The text of a Jinja chat template file, compiled once here so that a syntax error names the
+    template file and its line (not the first conversation rendered with it)."""
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    import jinja2
+
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        _compile_jinja_template(text)
+    except jinja2.TemplateSyntaxError as error:
+        raise InputError(f"{path}:{error.lineno}: chat template syntax error: {error.message}") from None
+    return text
 
 
 class ChatTemplateError(ValueError):
@@ -102,6 +120,11 @@ class ChatEncoder:
             )
         except Exception as error:  # jinja errors, raise_exception() in templates, transformers' own checks
             raise ChatTemplateError(f"the chat template cannot render {len(messages)} message(s): {error}") from None
+
+    def prompt_ids(self, messages: Sequence[dict]) -> list[int]:
+        """The tokens a model is given to answer after ``messages``: their rendering with the generation
+        prompt, tokenised as :meth:`encode` tokenises a conversation (the prompt of a trained turn)."""
+        return self.tokenizer(self.render(messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
 
     def check(self, messages: Sequence[dict]) -> None:
         """Roles and contents are well formed and hold no special token text (else raises)."""

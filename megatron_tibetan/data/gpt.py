@@ -19,6 +19,7 @@ from typing import Iterator, Optional
 import torch
 
 from megatron_tibetan.config import ConfigError, data_blend
+from megatron_tibetan.data.indexed import DatasetFileError, check_dataset
 
 # megatron-core's "no pad token" marker: SmolLM2/Qwen pads equal their eos, which must stay a real label.
 NO_PAD = -1
@@ -49,11 +50,17 @@ class DatasetTokenizer:
 
 
 def check_prefixes(prefixes: list[str], key: str, build_command: Optional[str] = None) -> None:
-    """Every prefix has its .bin and .idx, or an error naming the missing files and how to build them."""
+    """Every prefix has its .bin and .idx and they agree (:func:`~megatron_tibetan.data.indexed.check_dataset`),
+    or an error naming the file, what was expected and found, and how to build it."""
     missing = [f"{p}{ext}" for p in prefixes for ext in (".bin", ".idx") if not Path(f"{p}{ext}").is_file()]
+    hint = f"; build it with: {build_command}" if build_command else " (write it with tools/preprocess_data.py)"
     if missing:
-        hint = f"; build it with: {build_command}" if build_command else " (write it with tools/preprocess_data.py)"
         raise FileNotFoundError(f"{key}: missing indexed-dataset file(s) {', '.join(missing)}{hint}")
+    for prefix in prefixes:
+        try:
+            check_dataset(prefix)
+        except DatasetFileError as error:
+            raise DatasetFileError(f"{key}: {error}{hint}") from None
 
 
 def check_cpt_data(cfg) -> None:
@@ -75,7 +82,11 @@ def dataset_stats(prefix: str) -> tuple[Path, dict] | None:
         candidates.append(Path(f"{match.group(1)}_stats.json"))
     for path in candidates:
         if path.is_file():
-            return path, json.loads(path.read_text())
+            try:
+                return path, json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise DatasetFileError(f"{path}: not a readable stats file ({error}); it is truncated or damaged: "
+                                       f"copy it again or rebuild the dataset") from None
     return None
 
 

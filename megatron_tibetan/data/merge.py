@@ -25,13 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from megatron_tibetan.data.indexed import dataset_prefix
+from megatron_tibetan.data.indexed import DatasetFileError, check_dataset, dataset_prefix
 from megatron_tibetan.text.filters import DROP_REASONS, DuplicateFilter
 
 STATS_SUFFIX = "_stats.json"
 MAX_INVALID_REPORTED = 100
 # settings every shard must share for the merged dataset to be one dataset
-AGREE = ("tokenizer", "vocab_size", "dtype", "append_eod", "eod_id", "normalize", "paragraphs", "filters")
+AGREE = ("tokenizer", "vocab_size", "dtype", "append_eod", "eod_id", "normalize", "keep_layout", "paragraphs",
+         "filters")
 
 
 class MergeError(ValueError):
@@ -99,6 +100,11 @@ class _Shard:
             missing = [path + s for s in (".bin", ".idx") if not os.path.isfile(path + s)]
             if missing:
                 raise MergeError(f"shard {prefix}: missing {', '.join(missing)}")
+        for path in self.paths:
+            try:
+                check_dataset(path)
+            except DatasetFileError as error:
+                raise MergeError(f"shard {prefix}: {error}") from None
         self.datasets = [IndexedDataset(p, mmap=True) for p in self.paths]
         for path, ds in zip(self.paths, self.datasets):
             if np.dtype(ds.index.dtype) != dtype:

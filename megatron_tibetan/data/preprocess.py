@@ -42,7 +42,7 @@ import numpy as np
 from megatron_tibetan.data.encode import build_encoder, select_encoder
 from megatron_tibetan.data.indexed import DocumentWriter, dataset_prefix, token_dtype
 from megatron_tibetan.text.filters import DROP_REASONS, FILTER_REASONS, DuplicateFilter, FilterConfig, drop_reasons, text_digest
-from megatron_tibetan.text.normalize import normalize, normalize_texts
+from megatron_tibetan.text.normalize import normalize_document, normalize_texts
 from megatron_tibetan.text.readers import (
     InputError, LineBlock, RawDocument, decode_document, expand_inputs, is_jsonl, read_documents, read_line_blocks,
 )
@@ -60,6 +60,7 @@ class PreprocessConfig:
     json_keys: tuple[str, ...] = ("text",)
     append_eod: bool = False
     normalize: bool = True
+    keep_layout: bool = True  # a multi-line document keeps its whitespace layout (text.normalize_document)
     paragraphs: bool = False  # .txt: blank-line separated documents instead of one per line
     filters: FilterConfig = field(default_factory=FilterConfig)
     limit: int | None = None  # only the first N input documents
@@ -71,6 +72,7 @@ class _WorkerSpec(NamedTuple):
     tokenizer_json: str
     json_keys: tuple[str, ...]
     normalize: bool
+    keep_layout: bool
     filters: FilterConfig
     eod_id: int | None  # appended to every document when set
     encoder: str  # chosen once by select_encoder in the main process
@@ -108,7 +110,7 @@ def _init_worker(spec: _WorkerSpec) -> None:
 def _encode_chunk(chunk: LineBlock | list[RawDocument], dtype: str) -> _Chunk:
     spec: _WorkerSpec = _WORKER["spec"]
     decoded = _decode(chunk, spec.json_keys)
-    columns = [normalize_texts(c) for c in decoded.columns] if spec.normalize else decoded.columns
+    columns = [normalize_texts(c, spec.keep_layout) for c in decoded.columns] if spec.normalize else decoded.columns
     counts = [TextCounts.of(c, tibetan=spec.filters.min_tibetan_ratio > 0) for c in columns]
     reasons = drop_reasons(counts, spec.filters)
     keep = reasons == 0
@@ -229,7 +231,7 @@ def _sample_texts(chunk: LineBlock | list[RawDocument], config: PreprocessConfig
             decoded = decode_document(doc, config.json_keys)
         except (UnicodeDecodeError, InputError):  # reported by the workers with file:line
             continue
-        texts += [normalize(t, keep_newlines="\n" in t) if config.normalize else t for t in decoded]
+        texts += [normalize_document(t, config.keep_layout) if config.normalize else t for t in decoded]
     return texts
 
 
@@ -343,7 +345,8 @@ def preprocess(config: PreprocessConfig, tokenizer=None) -> dict:
     chunks = itertools.chain([first] if first else [], chunks)
     encoder = select_encoder(tokenizer.backend_tokenizer, _sample_texts(first or [], config))
     totals.encoder_reason = encoder.reason
-    spec = _WorkerSpec(tokenizer.backend_tokenizer.to_str(), config.json_keys, config.normalize, config.filters,
+    spec = _WorkerSpec(tokenizer.backend_tokenizer.to_str(), config.json_keys, config.normalize, config.keep_layout,
+                       config.filters,
                        eod_id, encoder.name)
     del encoder  # the workers build their own; this copy would only be carried into every fork
     prefixes = {key: dataset_prefix(config.output_prefix, key) for key in config.json_keys}
@@ -412,6 +415,7 @@ def _stats(config, totals: _Totals, tokenizer, dtype, eod_id, dedup, prefixes, s
         "append_eod": config.append_eod,
         "eod_id": eod_id,
         "normalize": config.normalize,
+        "keep_layout": config.keep_layout,
         "paragraphs": config.paragraphs,
         "filters": asdict(config.filters),
         "limit": config.limit,

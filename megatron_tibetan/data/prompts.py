@@ -83,6 +83,15 @@ def translation_prompt(text: str, source: str, target: str = "bo", index: int = 
     return phrasings(source, target)[index].format(text=text)
 
 
+def translation_messages(text: str, source: str, target: str = "bo", index: int = 0,
+                         answer: str | None = None) -> list[dict]:
+    """The conversation that asks for ``text`` in phrasing ``index``: a user turn, and the assistant's
+    ``answer`` when given. SFT data trains on it with the answer; evaluation renders it without, with the
+    generation prompt, so the prompt a model is scored on is the one it was trained on."""
+    messages = [{"role": "user", "content": translation_prompt(text, source, target, index)}]
+    return messages + ([{"role": "assistant", "content": answer}] if answer is not None else [])
+
+
 def draw_phrasing(source: str, target: str, seed: int, key: str) -> int:
     """A phrasing index for the pair identified by ``key`` (e.g. its source and target text): uniform
     over the direction's phrasings, fixed by ``seed`` and ``key`` alone."""

@@ -16,7 +16,8 @@ earlier run are removed):
 - ``<prefix>_<split>.jsonl``: per example its messages, the rendered text, direction, origin
   (file:line), phrasing index, token and trained-token counts, for inspection;
 - ``<prefix>_stats.json``: examples in and out, dropped by reason (``in = train + valid + dropped``),
-  per direction, leaks (with the first origins), tokens, packing efficiency at ``seq_length``, the
+  per direction, leaks (with the first origins), the examples and chat messages a normalisation rule
+  changed (``normalized``, ``normalized_messages``), tokens, packing efficiency at ``seq_length``, the
   settings, tokenizer, vocabulary size, eod id (the pad id) and seconds.
 
 An example's length is its positions, ``tokens - 1`` (inputs ``ids[:-1]`` predict ``ids[1:]``), so
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from megatron_tibetan.data.chat import ChatEncoder, ChatTemplateError, SpecialTokenError
+from megatron_tibetan.data.chat import ChatEncoder, ChatTemplateError, SpecialTokenError, load_chat_template
 from megatron_tibetan.data.indexed import DocumentWriter, token_dtype
 from megatron_tibetan.data.prompts import LANGUAGES
 from megatron_tibetan.data.sft_dataset import LOSS_MASK, SPLITS, TOKENS, split_prefix
@@ -63,6 +64,7 @@ class SFTDataConfig:
     chat_template: str | None = None  # a Jinja chat template file used instead (overrides template)
     train_on: str = "all"  # all | last assistant turn(s)
     normalize_messages: bool = True
+    keep_layout: bool = True  # messages keep newlines, blank lines, indentation and spaces as written
     seq_length: int | None = None  # packing efficiency reported at this length (default: max_length)
     progress: bool = True
 
@@ -163,6 +165,7 @@ def prepare_sft(config: SFTDataConfig, tokenizer=None) -> dict:
     the already loaded ``config.tokenizer``, if at hand."""
     started = time.time()
     _check(config)
+    chat_template = load_chat_template(config.chat_template) if config.chat_template else None  # before any work
     counts = Counts()
 
     examples: list[Example] = []
@@ -172,7 +175,7 @@ def prepare_sft(config: SFTDataConfig, tokenizer=None) -> dict:
         _log(config, f"{lang}→bo pairs {source} + {tibetan}: {len(examples) - before} examples")
     for path in config.messages:
         before = len(examples)
-        examples += message_examples(path, counts, config.normalize_messages)
+        examples += message_examples(path, counts, config.normalize_messages, config.keep_layout)
         _log(config, f"messages {path}: {len(examples) - before} conversations")
     examples = deduplicate(examples, counts)
     banned, exclude_lines = read_exclude(config.exclude)
@@ -184,7 +187,6 @@ def prepare_sft(config: SFTDataConfig, tokenizer=None) -> dict:
     tokenizer = tokenizer or load_tokenizer(config.tokenizer)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {config.tokenizer!r} has no eos token (the id padding uses)")
-    chat_template = Path(config.chat_template).read_text(encoding="utf-8") if config.chat_template else None
     encoder = ChatEncoder(tokenizer, config.template, config.train_on, chat_template)
     _log(config, f"{len(train)} training and {len(valid)} held-out examples before templating "
                  f"(template {encoder.template}, train on {config.train_on} assistant turn(s))")
@@ -230,6 +232,8 @@ def _stats(config, counts: Counts, items: dict, tokenizer, encoder: ChatEncoder,
         "dropped": dropped,
         "per_direction": per_direction,
         "leaks": {"exclude": dropped["leak_exclude"], "valid": dropped["leak_valid"], "first": counts.leaks},
+        "normalized": {d: counts.normalized.get(d, 0) for d in directions},
+        "normalized_messages": counts.normalized_messages,
         "retokenized_examples": sum(enc.retokenized for name in SPLITS for _, enc in items[name]),
         "seq_length": seq_length,
         "splits": {name: _token_stats(items[name], seq_length) for name in SPLITS},

@@ -44,7 +44,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from megatron_tibetan.data.indexed import DatasetFileError, check_dataset
 from megatron_tibetan.data.sft_pack import bucketed_order, first_fit_decreasing, packing_efficiency
+from megatron_tibetan.text.readers import InputError
 
 SPLITS = ("train", "valid")
 TOKENS, LOSS_MASK = "tokens", "loss_mask"
@@ -64,7 +66,37 @@ def read_stats(prefix: str) -> dict:
     path = Path(f"{prefix}_stats.json")
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; build the SFT data with: {BUILD_COMMAND}")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DatasetFileError(f"{path}: not a readable stats file ({error}); it is truncated or damaged: "
+                               f"rebuild the SFT data with: {BUILD_COMMAND}") from None
+
+
+def check_split(prefix: str, split: str) -> None:
+    """The tokens and loss-mask datasets of one split are whole (``check_dataset``) and of one preparation."""
+    try:
+        tokens = check_dataset(split_prefix(prefix, split, TOKENS), (np.uint16, np.int32))
+        masks = check_dataset(split_prefix(prefix, split, LOSS_MASK), (np.uint8,))
+    except DatasetFileError as error:
+        raise DatasetFileError(f"{error}; rebuild the SFT data with: {BUILD_COMMAND}") from None
+    if (tokens.sequences, tokens.tokens) != (masks.sequences, masks.tokens):
+        raise DatasetFileError(
+            f"{masks.prefix}.idx: {masks.sequences} examples of {masks.tokens} positions in all, but "
+            f"{tokens.prefix}.idx has {tokens.sequences} of {tokens.tokens}: the two come from different "
+            f"preparations; rebuild the SFT data with: {BUILD_COMMAND}")
+
+
+def check_sft_data(prefix: str) -> None:
+    """Everything an SFT run reads of ``prefix`` is there and whole, before anything is built."""
+    if not has_split(prefix, "train"):
+        raise FileNotFoundError(
+            f"SFT data {prefix!r} has no train split ({split_prefix(prefix, 'train', TOKENS)}.bin/.idx and "
+            f"{split_prefix(prefix, 'train', LOSS_MASK)}.bin/.idx); build it with: {BUILD_COMMAND}")
+    read_stats(prefix)
+    for split in SPLITS:
+        if split == "train" or has_split(prefix, split):
+            check_split(prefix, split)
 
 
 class SFTDataset(torch.utils.data.Dataset):
@@ -81,6 +113,7 @@ class SFTDataset(torch.utils.data.Dataset):
                 f"SFT data {prefix!r} has no {split} split ({split_prefix(prefix, split, TOKENS)}.bin/.idx and "
                 f"{split_prefix(prefix, split, LOSS_MASK)}.bin/.idx); build it with: {BUILD_COMMAND}"
             )
+        check_split(prefix, split)
         self.prefix, self.split, self.seq_length, self.pack = prefix, split, seq_length, pack
         self.pad_id = int(read_stats(prefix)["eod_id"] if pad_id is None else pad_id)
         self.tokens = IndexedDataset(split_prefix(prefix, split, TOKENS), mmap=True)
@@ -92,9 +125,10 @@ class SFTDataset(torch.utils.data.Dataset):
         too_long = np.flatnonzero(self.positions > seq_length)
         if len(too_long):
             i = int(too_long[0])
-            raise ValueError(
-                f"{prefix} ({split}): {len(too_long)} example(s) longer than seq_length {seq_length} (example {i}: "
-                f"{int(self.positions[i])} positions); prepare the data with --max-length {seq_length}"
+            raise InputError(
+                f"{prefix} ({split}): {len(too_long)} example(s) longer than data.seq_length {seq_length} (example {i}: "
+                f"{int(self.positions[i])} positions); prepare the data with tools/prepare_sft.py --max-length "
+                f"{seq_length}, or raise data.seq_length"
             )
         self.packs = first_fit_decreasing(self.positions, seq_length) if pack else None
 

@@ -11,8 +11,14 @@ one phrasing of :mod:`megatron_tibetan.data.prompts`, drawn per pair and directi
 Chat JSONL: one ``{"messages": [{"role": ..., "content": ...}, ...]}`` object per line, roles
 ``system``/``user``/``assistant``, at least one assistant turn, the last turn the assistant's; other
 keys of the object are allowed (an ``id``, a source), keys of a message other than role and content
-are an error (they could change what a template renders). Contents are normalised keeping newlines
-(``normalize_messages``). A malformed line is an error naming file and line.
+are an error (they could change what a template renders). Contents get the Tibetan rules of
+``text.normalize`` and keep their layout as written: newlines, blank lines, indentation and runs of
+spaces (code, lists, paragraphs) are trained as they are (``normalize_messages``; ``keep_layout=False``
+collapses them as earlier versions did). A malformed line is an error naming file and line.
+
+Counted, not dropped: ``normalized`` per direction, the examples a normalisation rule changed (a pair
+whose source or Tibetan side changed, a conversation with a changed message), and
+``normalized_messages``, the messages so changed.
 
 Dropped and counted by reason (per direction): ``empty`` (an empty side or message after
 normalisation, or a blank JSONL line), ``duplicate`` (same direction and texts as an earlier example),
@@ -38,7 +44,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from megatron_tibetan.data.chat import ROLES
-from megatron_tibetan.data.prompts import draw_phrasing, translation_prompt
+from megatron_tibetan.data.prompts import draw_phrasing, translation_messages
 from megatron_tibetan.text import normalize, tibetan_ratio
 from megatron_tibetan.text.readers import InputError, read_lines
 
@@ -64,6 +70,8 @@ class Counts:
     examples_in: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     dropped: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
     leaks: list[str] = field(default_factory=list)  # origins of the first leaked examples
+    normalized: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # examples a rule changed
+    normalized_messages: int = 0  # chat messages a rule changed
 
     def add(self, direction: str) -> None:
         self.examples_in[direction] += 1
@@ -104,18 +112,19 @@ def pair_examples(lang: str, source_path: str, tibetan_path: str, counts: Counts
     forward, reverse = f"{lang}-bo", f"bo-{lang}"
     for line, source_raw, tibetan_raw in read_pairs(source_path, tibetan_path):
         source, tibetan = normalize(source_raw), normalize(tibetan_raw)
+        changed = source != source_raw or tibetan != tibetan_raw
         origin = f"{source_path}:{line}"
         wanted = [(forward, lang, "bo", source, tibetan)]
         if reverse_share > 0 and _unit(seed, "reverse", source, tibetan) < reverse_share:
             wanted.append((reverse, "bo", lang, tibetan, source))
         for direction, src_lang, tgt_lang, src, tgt in wanted:
             counts.add(direction)
+            counts.normalized[direction] += changed
             if not src or not tgt:
                 counts.drop(direction, "empty")
                 continue
             index = draw_phrasing(src_lang, tgt_lang, seed, f"{src}\0{tgt}")
-            messages = [{"role": "user", "content": translation_prompt(src, src_lang, tgt_lang, index)},
-                        {"role": "assistant", "content": tgt}]
+            messages = translation_messages(src, src_lang, tgt_lang, index, answer=tgt)
             yield Example(messages, direction, origin, (tibetan,), _digest(direction, src, tgt), index)
 
 
@@ -150,7 +159,8 @@ def tibetan_segments(text: str) -> list[str]:
     return [line for line in text.split("\n") if line and tibetan_ratio(line) >= TIBETAN_SEGMENT_RATIO]
 
 
-def message_examples(path: str, counts: Counts, normalize_messages: bool = True) -> Iterator[Example]:
+def message_examples(path: str, counts: Counts, normalize_messages: bool = True,
+                     keep_layout: bool = True) -> Iterator[Example]:
     """The conversations of a chat JSONL file."""
     for line, text in enumerate(read_lines(path), 1):
         counts.add(MESSAGES)
@@ -159,8 +169,13 @@ def message_examples(path: str, counts: Counts, normalize_messages: bool = True)
             continue
         messages = _parse_messages(f"{path}:{line}", text)
         if normalize_messages:
-            messages = [{"role": m["role"], "content": normalize(m["content"], keep_newlines=True)} for m in messages]
-        if not all(m["content"] for m in messages):
+            normal = [{"role": m["role"], "content": normalize(m["content"], keep_newlines=True, keep_layout=keep_layout)}
+                      for m in messages]
+            changed = sum(a["content"] != b["content"] for a, b in zip(messages, normal))
+            counts.normalized_messages += changed
+            counts.normalized[MESSAGES] += changed > 0
+            messages = normal
+        if not all(m["content"].strip() for m in messages):
             counts.drop(MESSAGES, "empty")
             continue
         segments = tuple(dict.fromkeys(s for m in messages for s in tibetan_segments(m["content"])))

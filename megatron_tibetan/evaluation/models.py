@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from megatron_tibetan import checkpoint_dir, presets
+from megatron_tibetan.hf_dir import check_weights
 from megatron_tibetan.convert import export_hf
 
 
@@ -59,6 +60,7 @@ def load(path: str | Path, tokenizer: str | None = None, export_root: str | Path
     from megatron_tibetan.tokenizer.base import load_tokenizer
 
     where = hf_model_dir(path, export_root)
+    check_weights(where)
     model = AutoModelForCausalLM.from_pretrained(str(where), dtype=getattr(torch, dtype)).to(device).eval()
     spec = tokenizer or where
     if not tokenizer and not (where / "tokenizer.json").is_file() and not (where / "tokenizer_config.json").is_file():

@@ -81,11 +81,12 @@ def layers_report(analysis: dict, out: str | Path, top: int = 15) -> Path:
     return out / "report.md"
 
 
-def metrics_report(metrics: dict, out: str | Path, significance: dict | None = None) -> Path:
-    """metrics.json and report.md for {model: {set: {...}}} (and optional paired tests per set)."""
+def metrics_report(metrics: dict, out: str | Path, significance: dict | None = None, phrasings: dict | None = None) -> Path:
+    """metrics.json and report.md for {model: {set: {...}}} (and optional paired tests per set, and chrF per
+    prompt phrasing: {model: {set: {"chrf": {index: chrF}, "mean", "stdev", "min", "max"}}})."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json({"models": metrics, "significance": significance or {}}, out / "metrics.json")
+    write_json({"models": metrics, "significance": significance or {}, "phrasings": phrasings or {}}, out / "metrics.json")
     lines = ["# Evaluation", ""]
     ppl = [[m, s, v["perplexity"], v["bits_per_byte"], v["tokens"], v["bytes"], v["documents"]]
            for m, sets in metrics.items() for s, v in sets.items() if "perplexity" in v]
@@ -105,6 +106,12 @@ def metrics_report(metrics: dict, out: str | Path, significance: dict | None = N
         lines += markdown_table(["model", "set", "BLEU (syllable)", "BLEU (13a)", "chrF", "chrF++", "lines"], mt) + [""]
         png = plots.metric_bars(metrics, METRIC_COLUMNS, out / "translation.png", "score (95% bootstrap interval)")
         lines += [f"![translation]({png.name})", ""]
+    spread = [[m, s, v["mean"], v["stdev"], v["min"], v["max"], " ".join(f"{k}:{c:.2f}" for k, c in v["chrf"].items())]
+              for m, sets in (phrasings or {}).items() for s, v in sets.items()]
+    if spread:
+        lines += ["## chrF per prompt phrasing", "", "The same sources asked in each trained phrasing "
+                  "(megatron_tibetan.data.prompts); a model that depends on the wording spreads widely.", ""]
+        lines += markdown_table(["model", "set", "mean", "std", "min", "max", "phrasing:chrF"], spread) + [""]
     for set_name, by_metric in (significance or {}).items():
         lines += [f"### Paired bootstrap: {set_name}", "", "p-value of the difference to the first system (sacrebleu, paired bootstrap).", ""]
         systems = list(next(iter(by_metric.values())))

@@ -1,10 +1,18 @@
-"""An evaluation run: models x (perplexity sets, translation sets) -> OUT/metrics.json, OUT/*.hyp, OUT/report.md."""
+"""An evaluation run: models x (perplexity sets, translation sets) -> OUT/metrics.json, OUT/*.hyp, OUT/report.md.
+
+A translation set is named ``LANG-bo.DECODE`` for the first phrasing (the one every figure of the
+project uses) and ``LANG-bo.pK.DECODE`` for phrasing K of :mod:`megatron_tibetan.data.prompts`; with
+several phrasings, metrics.json has ``phrasings``: chrF per phrasing and its spread, per model and set.
+"""
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 
+from megatron_tibetan.data.chat import ChatEncoder, load_chat_template
+from megatron_tibetan.data.prompts import phrasings as direction_phrasings
 from megatron_tibetan.evaluation import metrics, models, report
 from megatron_tibetan.evaluation.perplexity import perplexity
 from megatron_tibetan.evaluation.translate import translate
@@ -17,6 +25,32 @@ def decode_name(beams: int) -> str:
 
 def hyp_path(out: Path, model: str, set_name: str) -> Path:
     return out / f"{model}.{set_name}.hyp"
+
+
+def translation_set(lang: str, beams: int, phrasing: int = 0) -> str:
+    return f"{lang}-bo." + (f"p{phrasing}." if phrasing else "") + decode_name(beams)
+
+
+def parse_phrasings(spec: str | None, langs) -> dict[str, list[int]]:
+    """``"0"``, ``"all"`` or ``"0,3,7"`` -> the phrasing indices per source language."""
+    spec = spec or "0"
+    out = {}
+    for lang in langs:
+        count = len(direction_phrasings(lang, "bo"))
+        indices = list(range(count)) if spec == "all" else [int(k) for k in spec.split(",") if k.strip()]
+        bad = [k for k in indices if not 0 <= k < count]
+        if bad or not indices:
+            raise ValueError(f"--phrasings {spec!r}: {lang}→bo has phrasings 0..{count - 1}")
+        out[lang] = indices
+    return out
+
+
+def phrasing_spread(results: dict, lang: str, beams: int, indices: list[int]) -> dict:
+    """chrF per phrasing of one model and decode, with mean, standard deviation, min and max."""
+    chrf = {k: results[translation_set(lang, beams, k)]["chrf"] for k in indices}
+    values = list(chrf.values())
+    return {"chrf": chrf, "mean": statistics.fmean(values), "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values)}
 
 
 def evaluate(
@@ -36,8 +70,13 @@ def evaluate(
     tokenizer: str | None = None,
     device: str = "cpu",
     dtype: str = "float32",
+    template: str = "auto",
+    chat_template: str | None = None,
+    phrasings: str | None = None,
 ) -> dict:
-    """Evaluate each model; write hypotheses, metrics.json and report.md into ``out``; return the metrics."""
+    """Evaluate each model; write hypotheses, metrics.json and report.md into ``out``; return the metrics.
+    ``template``/``chat_template`` (a Jinja file) as for ``tools/prepare_sft.py``: the template the model was
+    fine-tuned with. ``phrasings``: ``"0"`` (default), ``"all"`` or a comma-separated list of indices."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     translations = translations or {}
@@ -49,7 +88,10 @@ def evaluate(
         if len(lines) != len(refs):
             raise ValueError(f"{translations[lang]} has {len(lines)} lines but {ref} has {len(refs)}: not line-aligned")
     texts = {Path(f).name: read_lines(f, limit) for f in ppl_files}
+    chosen = parse_phrasings(phrasings, sources)
+    template_text = load_chat_template(chat_template) if chat_template else None
     results: dict = {}
+    spread: dict = {}
     hyps: dict[str, dict[str, list[str]]] = {}
     for name, path in model_paths.items():
         model, tok, where = models.load(path, tokenizer, device=device, dtype=dtype)
@@ -58,19 +100,24 @@ def evaluate(
         for set_name, lines in texts.items():
             docs = ["\n".join(lines)] if whole_file else lines
             results[name][set_name] = perplexity(model, tok, docs, max_length, stride, batch_tokens=batch_size * 1024).as_dict()
+        encoder = ChatEncoder(tok, template, chat_template=template_text) if sources else None
         for lang, lines in sources.items():
             for b in beams:
-                set_name = f"{lang}-bo.{decode_name(b)}"
-                start, cpu = time.perf_counter(), time.process_time()
-                out_lines = translate(model, tok, lines, lang, num_beams=b, batch_size=batch_size, max_new_tokens=max_new_tokens)
-                timing = {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
-                hyp_path(out, name, set_name).write_text("".join(h + "\n" for h in out_lines), encoding="utf-8")
-                hyps.setdefault(set_name, {})[name] = out_lines
-                results[name][set_name] = metrics.score(out_lines, refs, n_bootstrap, where=set_name) | timing
-        report.metrics_report(results, out)  # after every model, so a long run leaves partial results
+                for k in chosen[lang]:
+                    set_name = translation_set(lang, b, k)
+                    start, cpu = time.perf_counter(), time.process_time()
+                    out_lines = translate(model, encoder, lines, lang, num_beams=b, batch_size=batch_size,
+                                          max_new_tokens=max_new_tokens, phrasing=k)
+                    timing = {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
+                    hyp_path(out, name, set_name).write_text("".join(h + "\n" for h in out_lines), encoding="utf-8")
+                    hyps.setdefault(set_name, {})[name] = out_lines
+                    results[name][set_name] = metrics.score(out_lines, refs, n_bootstrap, where=set_name) | timing
+                if len(chosen[lang]) > 1:
+                    spread.setdefault(name, {})[translation_set(lang, b)] = phrasing_spread(results[name], lang, b, chosen[lang])
+        report.metrics_report(results, out, phrasings=spread)  # after every model, so a long run leaves partial results
         del model
     significance = {s: metrics.paired_bootstrap(h, refs, n_bootstrap) for s, h in hyps.items() if len(h) > 1}
-    report.metrics_report(results, out, significance)
+    report.metrics_report(results, out, significance, phrasings=spread)
     return results
 
 

@@ -1,4 +1,10 @@
-"""Batched translation into Tibetan with a model's chat template: greedy or beam search, stop on end of turn."""
+"""Batched translation into Tibetan with a chat template: greedy or beam search, stop on end of turn.
+
+The prompt is built as SFT data builds a trained one: the conversation of
+:func:`megatron_tibetan.data.prompts.translation_messages` in the chosen phrasing, rendered with the
+generation prompt and tokenised by :class:`megatron_tibetan.data.chat.ChatEncoder` (the same template
+choice as ``tools/prepare_sft.py``: ``auto``, ``model``, ``plain`` or a Jinja template).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +13,9 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from megatron_tibetan.data.chat import END_OF_TURN  # those in the vocabulary stop generation
-from megatron_tibetan.data.prompts import translation_prompt
+from megatron_tibetan.data.chat import END_OF_TURN, ChatEncoder  # end-of-turn tokens in the vocabulary stop generation
+from megatron_tibetan.data.prompts import translation_messages
 from megatron_tibetan.text import normalize
-
-
-
-def prompt(text: str, source: str, target: str = "bo") -> str:
-    """The first phrasing of the direction: the one SFT data also trains with (data.prompts)."""
-    return translation_prompt(text, source, target)
 
 
 def stop_ids(tokenizer) -> list[int]:
@@ -27,36 +27,33 @@ def stop_ids(tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def chat_inputs(tokenizer, sources: Sequence[str], source_lang: str) -> list[list[int]]:
-    if not tokenizer.chat_template:
-        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no chat template")
-    out = []
-    for text in sources:
-        messages = [{"role": "user", "content": prompt(normalize(text), source_lang)}]
-        rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        out.append(tokenizer(rendered, add_special_tokens=False)["input_ids"])
-    return out
+def chat_inputs(encoder: ChatEncoder, sources: Sequence[str], source_lang: str, phrasing: int = 0) -> list[list[int]]:
+    """The prompt tokens of each source line (normalised as SFT pairs are) in ``phrasing``."""
+    return [encoder.prompt_ids(translation_messages(normalize(text), source_lang, "bo", phrasing)) for text in sources]
 
 
 @torch.inference_mode()
 def translate(
     model,
-    tokenizer,
+    encoder: ChatEncoder,
     sources: Sequence[str],
     source_lang: str,
     num_beams: int = 1,
     batch_size: int = 8,
     max_new_tokens: int = 256,
     progress: bool = True,
+    phrasing: int = 0,
 ) -> list[str]:
     """One line of output per source line (newlines inside an output become spaces), in input order."""
-    prompts = chat_inputs(tokenizer, sources, source_lang)
+    tokenizer = encoder.tokenizer
+    prompts = chat_inputs(encoder, sources, source_lang, phrasing)
     stops = stop_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
     outputs: list[str] = [""] * len(prompts)
     model.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc=f"{source_lang}→bo beam={num_beams}", disable=not progress):
+    desc = f"{source_lang}→bo beam={num_beams}" + (f" phrasing {phrasing}" if phrasing else "")
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
         rows = order[start : start + batch_size]
         width = max(len(prompts[i]) for i in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)

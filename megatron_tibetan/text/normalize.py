@@ -17,7 +17,11 @@ test text agree. The rules, in the order they apply:
    meaningful, longer runs are noise).
 7. Whitespace: every run of whitespace (including no-break and ideographic spaces) becomes one ASCII
    space, and the text is stripped at both ends. Newlines inside a document are kept as "\n" only when
-   ``keep_newlines`` is set.
+   ``keep_newlines`` is set (runs of blank lines then become one newline).
+
+With ``keep_layout`` rule 7 is not applied: whitespace layout is not Tibetan, and a chat turn or a
+multi-line document keeps its newlines, blank lines, indentation and runs of spaces as written (only
+``\r\n`` and a lone ``\r`` become ``\n``). Rules 1-6 still apply.
 """
 
 from __future__ import annotations
@@ -45,8 +49,8 @@ _SPACES_ALL = re.compile(r"\s+")
 _NEWLINE_SPACES = re.compile(r" ?\n ?")
 
 
-def normalize(text: str, keep_newlines: bool = False) -> str:
-    """Normalise ``text`` by the rules in this module's docstring."""
+def normalize(text: str, keep_newlines: bool = False, keep_layout: bool = False) -> str:
+    """Normalise ``text`` by the rules in this module's docstring (``keep_layout``: rules 1-6 only)."""
     text = _REMOVE.sub("", text)
     text = text.translate(_DEPRECATED_VOWELS)
     text = unicodedata.normalize("NFC", text)
@@ -54,6 +58,8 @@ def normalize(text: str, keep_newlines: bool = False) -> str:
     text = _SPACE_AROUND_TSHEG.sub(TSHEG, text)
     text = _TSHEG_RUN.sub(TSHEG, text)
     text = _SHAD_RUN.sub(SHAD + SHAD, text)
+    if keep_layout:
+        return text.replace("\r\n", "\n").replace("\r", "\n")
     if keep_newlines:
         text = _NEWLINE_SPACES.sub("\n", _SPACES.sub(" ", text.replace("\r\n", "\n").replace("\r", "\n")))
         return re.sub(r"\n{2,}", "\n", text).strip()
@@ -77,8 +83,15 @@ def _may_change() -> re.Pattern:
         f"|\u0f0d\u0f0d\u0f0d|(?:^|{_DOCUMENT_SEPARATOR}) | (?:{_DOCUMENT_SEPARATOR}|$)")
 
 
-def normalize_texts(texts: list[str]) -> list[str]:
-    """``[normalize(t, keep_newlines="\\n" in t) for t in texts]``, normalising only the texts where a rule
+def normalize_document(text: str, keep_layout: bool = True) -> str:
+    """A document's normal form: a one-line document as one line (rule 7), a multi-line one keeping its
+    layout (``keep_layout``, rules 1-6 only) or one newline between its lines."""
+    multi_line = "\n" in text
+    return normalize(text, keep_newlines=multi_line, keep_layout=keep_layout and multi_line)
+
+
+def normalize_texts(texts: list[str], keep_layout: bool = True) -> list[str]:
+    """``[normalize_document(t, keep_layout) for t in texts]``, normalising only the texts where a rule
     could change something (see ``_may_change``); the others are returned as they are (tested equal)."""
     joined = _DOCUMENT_SEPARATOR.join(texts)
     starts = np.cumsum([0] + [len(t) + 1 for t in texts])
@@ -91,5 +104,5 @@ def normalize_texts(texts: list[str]) -> list[str]:
         return texts
     texts = list(texts)
     for i in map(int, changed):
-        texts[i] = normalize(texts[i], keep_newlines="\n" in texts[i])
+        texts[i] = normalize_document(texts[i], keep_layout)
     return texts

@@ -43,11 +43,31 @@ def load_tokenizer(spec: str | Path):
     where, gguf = resolve_tokenizer_dir(spec)
     if where.is_file() and where.suffix == ".model":  # a bare SentencePiece model
         return hf_tokenizer(read_model_proto(where))
-    if where.is_file():  # a bare tokenizer.json
-        return PreTrainedTokenizerFast(tokenizer_file=str(where), clean_up_tokenization_spaces=False)
-    if gguf:
-        return AutoTokenizer.from_pretrained(str(where), gguf_file=gguf)
-    return AutoTokenizer.from_pretrained(str(where))
+    try:
+        if where.is_file():  # a bare tokenizer.json
+            return PreTrainedTokenizerFast(tokenizer_file=str(where), clean_up_tokenization_spaces=False)
+        if gguf:
+            return AutoTokenizer.from_pretrained(str(where), gguf_file=gguf)
+        return AutoTokenizer.from_pretrained(str(where))
+    except Exception:
+        _name_damaged_file(where)
+        raise
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+
+
+def _name_damaged_file(where: Path) -> None:
+    """After a failed load: a ValueError naming the tokenizer file that is not whole JSON, if one is not."""
+    import json
+
+    for path in [where] if where.is_file() else [where / name for name in TOKENIZER_FILES]:
+        if path.is_file():
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise ValueError(f"{path}: not a readable tokenizer file ({error}); it is truncated or damaged: "
+                                 f"copy it again") from None
 
 
 def sentencepiece_model_file(spec: str | Path) -> Path | None:

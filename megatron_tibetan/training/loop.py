@@ -56,6 +56,7 @@ class Trainer:
         from megatron.core import parallel_state
 
         from megatron_tibetan.data.gpt import DatasetTokenizer, check_cpt_data
+        from megatron_tibetan.data.sft_dataset import check_sft_data
         from megatron_tibetan.distributed import init_parallel, world
 
         self.cfg = cfg
@@ -64,8 +65,10 @@ class Trainer:
         self.use_te = checks.use_transformer_engine(cfg, self.device)
         checks.check_device(cfg, self.device, self.use_te)
         self.dp_size = checks.check_world(cfg, world()[1])
-        if cfg.data.kind == "gpt":
-            check_cpt_data(cfg)  # fail on missing data before anything is built
+        if cfg.data.kind == "gpt":  # fail on missing or damaged data before anything is built
+            check_cpt_data(cfg)
+        else:
+            check_sft_data(str(cfg.data.paths[0]))
         init_parallel(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, seed=cfg.train.seed,
                       device=self.device, vpp=p.virtual_pipeline_model_parallel_size)
         self.rank = torch.distributed.get_rank()
