@@ -115,9 +115,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     on_nonfinite_loss: str = "skip"  # skip | stop: what a NaN/inf loss does to the step
     max_skipped_steps: int = 10  # stop after this many skipped steps in a row
-    # signals that save at the end of the step and stop (exit status 3): the scheduler's SIGTERM, and the
-    # SIGUSR1 that `#SBATCH --signal=USR1@N` sends before the time limit (training/signals.py)
-    exit_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    # signals that save at the end of the step and stop (exit status 3): the scheduler's SIGTERM, the
+    # SIGUSR1 that `#SBATCH --signal=USR1@N` sends before the time limit, and Ctrl-C (a second Ctrl-C stops
+    # at once without saving) (training/signals.py)
+    exit_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGINT"])
 
 
 @dataclass

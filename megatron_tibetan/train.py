@@ -4,8 +4,8 @@ Launch one process per device with ``srun`` (slurm/cpt.sh), ``torchrun --nproc_p
 megatron_tibetan.train ...`` or submitit (tools/submit.py). A run whose ``checkpoint.dir`` already holds a
 checkpoint resumes from it. An exit signal (``train.exit_signals``: SIGTERM, SIGUSR1) makes every rank
 finish its step and save; the process then exits with status 3, "stopped, resume me", which is what a job
-script requeues on. Exit statuses: 0 finished, 2 bad config or input (one line on stderr), 3 stopped to be
-resumed. ``--check-world N`` only loads the config and checks it against N ranks (a job script's
+script requeues on. Ctrl-C (SIGINT) does the same; a second Ctrl-C stops at once without saving (status 130).
+Exit statuses: 0 finished, 2 bad config or input (one line on stderr), 3 stopped to be resumed. ``--check-world N`` only loads the config and checks it against N ranks (a job script's
 fail-fast check before it starts its ranks).
 """
 
@@ -16,7 +16,7 @@ import sys
 
 from megatron_tibetan.config import ConfigError, load_config
 
-EXIT_FINISHED, EXIT_BAD_INPUT, EXIT_RESUME = 0, 2, 3
+EXIT_FINISHED, EXIT_BAD_INPUT, EXIT_RESUME, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 
 def main(argv=None) -> int:
@@ -48,6 +48,9 @@ def main(argv=None) -> int:
         except (ConfigError, FileNotFoundError, InputError, NonFiniteLossError) as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
+        except KeyboardInterrupt as e:
+            print(f"interrupted: {e or 'Ctrl-C'}; the last saved checkpoint is the one a rerun resumes from", file=sys.stderr)
+            return EXIT_INTERRUPTED
     finally:
         exit_signal.restore()
     if not result["stopped_by_signal"]:

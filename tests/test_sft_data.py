@@ -423,7 +423,7 @@ def test_padded_items_bucketing_and_epochs(prepared):
     for k in (0, n - 1, n, 2 * n - 1):
         expected = data[int((first if k < n else second)[k % n])]
         assert torch.equal(epochs[k]["tokens"], expected["tokens"])
-    with pytest.raises(ValueError, match="longer than seq_length 64"):
+    with pytest.raises(ValueError, match="longer than data.seq_length 64"):
         SFTDataset(config.output_prefix, "train", 64)
 
 

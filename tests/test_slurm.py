@@ -117,8 +117,11 @@ def reference(work: Path, data: Path, submitted: Future) -> dict:
 
 
 def preempted(work: Path, data: Path) -> dict:
-    """USR1 mid-run (the script requeues), then `scontrol requeue` mid-run (the scheduler requeues)."""
-    job = sbatch(*CPU, "--job-name=preempt", str(ROOT / "slurm/cpt.sh"), *tiny(work / "preempted", data), cwd=work)
+    """USR1 mid-run (the script requeues), then `scontrol requeue` mid-run (the scheduler requeues, as
+    PreemptMode=REQUEUE does). Both signal every process of the job step; periodic saves before each have
+    started the checkpoint writer's helper processes, which must outlive the signal for the stop-time save."""
+    job = sbatch(*CPU, "--job-name=preempt", str(ROOT / "slurm/cpt.sh"),
+                 *tiny(work / "preempted", data, "checkpoint.save_interval=2"), cwd=work)
     wait_for(run_log(work, "preempt", job, 0), r"step=3 ")
     subprocess.run(["scancel", "--signal=USR1", job], check=True)
     first = int(wait_for(run_log(work, "preempt", job, 1), r"start at iteration (\d+)").group(1))
@@ -318,6 +321,7 @@ def test_preempted_by_usr1_then_requeued_by_the_scheduler_resumes_on_the_same_lo
     m = int(re.search(r"SIGTERM received: saving at iteration (\d+)", second).group(1))
     assert k < m < N and "not requeued by this script" in second and "[cpt.sh] requeued" not in second
     assert "restart 2 on" in third and f"start at iteration {m} from" in third and "[cpt.sh] finished" in third
+    assert not list((work / "preempted" / "ckpt").glob(".*partial"))  # each stop-time save completed
     # every step once, each loss equal to the uninterrupted run's (bitwise)
     assert losses(work / "preempted") == losses(work / "reference")
 

@@ -157,7 +157,8 @@ def memorise(work: Path) -> dict:
 
     cpt = loop.run(load_config(ROOT / "configs" / "cpt" / "tiny-cpu.yaml", [
         f"data.paths=[{cpt_data}]", f"data.tokenizer={tokenizer}", f"data.cache_dir={work / 'cache'}", hf_config,
-        "train.iterations=20", f"checkpoint.dir={work / 'cpt' / 'ckpt'}", "checkpoint.save_interval=null",
+        "train.iterations=12", "schedule.warmup_iterations=2", "optimizer.lr=3e-4", "optimizer.min_lr=3e-5",
+        f"checkpoint.dir={work / 'cpt' / 'ckpt'}", "checkpoint.save_interval=null",
         f"logging.dir={work / 'cpt'}", "logging.progress=false", "validation.interval=null"]))
 
     en, bo = (read_lines(p)[:32] for p in TATOEBA)
@@ -170,7 +171,7 @@ def memorise(work: Path) -> dict:
     prefix = prepare(work / "sft_memorise", str(tokenizer), messages=(str(chats),), max_length=256, seq_length=256)
     result = loop.run(sft_config(work, "memorise", prefix, f"checkpoint.load={work / 'cpt' / 'ckpt'}",
                                  "checkpoint.finetune=true", hf_config,
-                                 f"data.tokenizer={tokenizer}", "train.epochs=35", "batch.global_batch_size=2",
+                                 f"data.tokenizer={tokenizer}", "train.epochs=50", "batch.global_batch_size=2",
                                  "optimizer.lr=3e-3", "optimizer.min_lr=3e-4", "schedule.warmup_fraction=0.05",
                                  "checkpoint.save_interval=null", "checkpoint.keep_last=1", "logging.interval=10"))
     return {"checkpoint": str(work / "memorise" / "ckpt"), "losses": [r["loss"] for r in result["records"]],

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from functools import partial
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from megatron_tibetan.training.data import build_data
 from megatron_tibetan.training.metrics import MetricsLogger, Throughput, flops_per_token, peak_flops
 from megatron_tibetan.training.model import build_model_chunks, resolve_model_spec
 from megatron_tibetan.training.optim import build_optimizer, build_scheduler
-from megatron_tibetan.training.signals import ExitSignal
+from megatron_tibetan.training.signals import ExitSignal, shield_checkpoint_writer
 
 
 class NonFiniteLossError(RuntimeError):
@@ -79,6 +80,10 @@ class Trainer:
         self.metrics = MetricsLogger(log_dir, enabled=self.rank == 0, tensorboard=cfg.logging.tensorboard,
                                      progress=cfg.logging.progress, total=cfg.train.iterations)
         self.packed = cfg.data.kind == "sft" and cfg.data.pack
+        if cfg.checkpoint.dir:  # before the first save: the writer's helpers then outlive a group-wide stop signal
+            note = shield_checkpoint_writer(cfg.train.exit_signals)
+            if note:
+                self.metrics.message(f"note: {note}")
 
         # the model, and the tokenizer its ids mean (the checkpoint's unless data.tokenizer says otherwise)
         self.spec, self.load_from = resolve_model_spec(cfg)
@@ -271,11 +276,12 @@ class Trainer:
             return
         state = {"consumed_samples": self.consumed_samples, "skipped_steps": self.skipped_steps}
         self._param_gather_hooks(False)
+        started = time.perf_counter()
         path = ckpt.save_checkpoint(c.dir, self.iteration, self.model, self.optimizer, self.scheduler, state,
                                     spec=self.spec, config_text=self.config_text, keep_last=c.keep_last,
                                     protect=(self.start_checkpoint,) if self.start_checkpoint else ())
         self._param_gather_hooks(True)
-        self.metrics.message(f"saved {path}")
+        self.metrics.message(f"saved {path} in {time.perf_counter() - started:.1f} s")
 
     # --- the loop ----------------------------------------------------------------------------------------
 
