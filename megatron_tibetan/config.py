@@ -130,6 +130,9 @@ class CheckpointConfig:
     # On resume the checkpoint's LR/WD schedule is kept (a changed setting is reported); true applies the config's.
     override_schedule: bool = False
     keep_last: Optional[int] = 3  # keep this many iteration folders; None keeps all
+    # a resume whose newest iteration does not match its manifest loads the newest one that does (with a
+    # warning); true refuses instead
+    strict_load: bool = False
     save_at_end: bool = True
 
 

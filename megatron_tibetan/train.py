@@ -5,7 +5,9 @@ megatron_tibetan.train ...`` or submitit (tools/submit.py). A run whose ``checkp
 checkpoint resumes from it. An exit signal (``train.exit_signals``: SIGTERM, SIGUSR1) makes every rank
 finish its step and save; the process then exits with status 3, "stopped, resume me", which is what a job
 script requeues on. Ctrl-C (SIGINT) does the same; a second Ctrl-C stops at once without saving (status 130).
-Exit statuses: 0 finished, 2 bad config or input (one line on stderr), 3 stopped to be resumed. ``--check-world N`` only loads the config and checks it against N ranks (a job script's
+Exit statuses: 0 finished, 2 bad config or input (one line on stderr; a damaged checkpoint with
+``checkpoint.strict_load``, a checkpoint directory another run holds), 3 stopped to be resumed, 4 a save
+failed (disk full, quota: nothing partial is left, the previous checkpoint is intact). ``--check-world N`` only loads the config and checks it against N ranks (a job script's
 fail-fast check before it starts its ranks).
 """
 
@@ -16,7 +18,7 @@ import sys
 
 from megatron_tibetan.config import ConfigError, load_config
 
-EXIT_FINISHED, EXIT_BAD_INPUT, EXIT_RESUME, EXIT_INTERRUPTED = 0, 2, 3, 130
+EXIT_FINISHED, EXIT_BAD_INPUT, EXIT_RESUME, EXIT_SAVE_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
 
 
 def main(argv=None) -> int:
@@ -40,14 +42,18 @@ def main(argv=None) -> int:
     # run after its first step; the loop installs its own handler and hands every signal back out to this one
     exit_signal = ExitSignal(cfg.train.exit_signals)
     try:
+        from megatron_tibetan.checkpoint_dir import CheckpointDamaged, CheckpointLocked, CheckpointSaveError
         from megatron_tibetan.text.readers import InputError
         from megatron_tibetan.training.loop import NonFiniteLossError, run
 
         try:
             result = run(cfg)
-        except (ConfigError, FileNotFoundError, InputError, NonFiniteLossError) as e:
+        except (ConfigError, FileNotFoundError, InputError, NonFiniteLossError, CheckpointDamaged, CheckpointLocked) as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
+        except CheckpointSaveError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_SAVE_FAILED
         except KeyboardInterrupt as e:
             print(f"interrupted: {e or 'Ctrl-C'}; the last saved checkpoint is the one a rerun resumes from", file=sys.stderr)
             return EXIT_INTERRUPTED

@@ -49,6 +49,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     if args.command == "import" and args.tp * args.pp > 1 and "WORLD_SIZE" not in os.environ:
         relaunch_under_torchrun(args.tp * args.pp)
+    from megatron_tibetan.checkpoint_dir import CheckpointSaveError
     from megatron_tibetan.convert import export_hf, import_hf
     from megatron_tibetan.models import UnsupportedModelError
 
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
             import_hf(args.hf, args.output, tp=args.tp, pp=args.pp, tokenizer=args.tokenizer, init_method=args.init)
         else:
             export_hf(args.megatron, args.output)
-    except (FileNotFoundError, FileExistsError, UnsupportedModelError, ValueError, KeyError) as e:
+    except (FileNotFoundError, FileExistsError, UnsupportedModelError, ValueError, KeyError, CheckpointSaveError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:

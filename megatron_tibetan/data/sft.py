@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -197,20 +198,29 @@ def prepare_sft(config: SFTDataConfig, tokenizer=None) -> dict:
         dropped = {r: sum(d.get(r, 0) for d in counts.dropped.values()) for r in DROP_REASONS}
         raise InputError(f"no training examples left (dropped: {', '.join(f'{r} {n}' for r, n in dropped.items() if n) or 'none'})")
 
+    # everything is written into a hidden staging folder and moved beside the prefix at the end, so a killed
+    # run never leaves a dataset under its final name
     prefix = config.output_prefix
-    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+    parent = Path(prefix).parent
+    staging = parent / f".{Path(prefix).name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    staged = str(staging / Path(prefix).name)
     dtype = token_dtype(len(tokenizer))
     for name in SPLITS:
         if items[name]:
-            write_split(prefix, name, items[name], dtype)
-        else:
-            for stale in _outputs(prefix, name):
-                Path(stale).unlink(missing_ok=True)
-    _log(config, f"wrote {prefix}_{{train,valid}}_{{tokens,loss_mask}}.bin/.idx and .jsonl")
-
+            write_split(staged, name, items[name], dtype)
     stats = _stats(config, counts, items, tokenizer, encoder, dtype, exclude_lines)
     stats["seconds"] = round(time.time() - started, 2)
-    Path(f"{prefix}_stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    Path(f"{staged}_stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    for name in SPLITS:
+        if not items[name]:
+            for stale in _outputs(prefix, name):
+                Path(stale).unlink(missing_ok=True)
+    for path in sorted(staging.iterdir(), key=lambda p: p.name.endswith("_stats.json")):  # the stats last
+        os.replace(path, parent / path.name)
+    staging.rmdir()
+    _log(config, f"wrote {prefix}_{{train,valid}}_{{tokens,loss_mask}}.bin/.idx, .jsonl and _stats.json")
     return stats
 
 

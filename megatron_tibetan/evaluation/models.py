@@ -31,6 +31,7 @@ def hf_model_dir(path: str | Path, export_root: str | Path | None = None) -> Pat
 
 def _export(path: Path, root: Path) -> Path:
     iteration = checkpoint_dir.latest_iteration_dir(path)
+    checkpoint_dir.verify_iteration(iteration)  # a damaged checkpoint is named before the export starts
     key = hashlib.sha1(str(iteration.resolve()).encode()).hexdigest()[:12]
     target = root / f"{path.name}.{iteration.name}.{key}"
     if (target / ".complete").exists():

@@ -86,7 +86,10 @@ class Trainer:
                 self.metrics.message(f"note: {note}")
 
         # the model, and the tokenizer its ids mean (the checkpoint's unless data.tokenizer says otherwise)
-        self.spec, self.load_from = resolve_model_spec(cfg)
+        self.lock = None
+        if cfg.checkpoint.dir:  # one writer per checkpoint directory
+            self._take_lock(cfg.checkpoint.dir)
+        self.spec, self.load_from = resolve_model_spec(cfg, self.metrics.message)
         tokenizer = checks.resolve_tokenizer(cfg, self.spec, self.metrics.message)
         self.tokenizer = DatasetTokenizer.from_spec(tokenizer)
         self.spec["tokenizer"] = self.spec.get("tokenizer") or tokenizer
@@ -125,6 +128,22 @@ class Trainer:
             f"tokens per step; device {self.device}{' (Transformer Engine)' if self.use_te else ''}; "
             f"start at iteration {self.iteration}" + (f" from {self.load_from}" if self.load_from else "")
         )
+
+    def _take_lock(self, root) -> None:
+        """Rank 0 takes the directory's lock; every rank stops with its message when another run holds it."""
+        result = [None]
+        if self.rank == 0:
+            try:
+                self.lock, warning = checkpoint_dir.acquire_lock(root)
+                result = [(warning, None)]
+            except checkpoint_dir.CheckpointLocked as error:
+                result = [(None, str(error))]
+        torch.distributed.broadcast_object_list(result, src=0)
+        warning, error = result[0]
+        if error:
+            raise checkpoint_dir.CheckpointLocked(error)
+        if warning:
+            self.metrics.message(warning)
 
     def _load(self, path: Path) -> None:
         """Resume (this run's own checkpoint, or ``checkpoint.load`` without ``finetune``) or load weights only."""
@@ -332,9 +351,13 @@ class Trainer:
         return float(lr if lr is not None else self.optimizer.param_groups[0]["lr"])
 
     def close(self) -> None:
-        """Release megatron-core's model-parallel groups (the process group stays for another run)."""
+        """Release the checkpoint directory's lock and megatron-core's model-parallel groups (the process group
+        stays for another run)."""
         from megatron.core import parallel_state
 
+        if self.lock is not None:
+            checkpoint_dir.release_lock(self.lock)
+            self.lock = None
         parallel_state.destroy_model_parallel()
 
 

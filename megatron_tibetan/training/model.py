@@ -12,16 +12,36 @@ from megatron_tibetan import checkpoint_dir
 from megatron_tibetan.config import ConfigError, TrainingConfig
 
 
-def resolve_model_spec(cfg: TrainingConfig) -> tuple[dict, Path | None]:
+def verified_iteration(root, strict: bool, message) -> Path:
+    """The iteration folder of ``root`` to load (:func:`checkpoint_dir.newest_verified`), decided on rank 0 (it
+    reads the files once) and sent to every rank; what was skipped goes to ``message``."""
+    result = [None]
+    if torch.distributed.get_rank() == 0:
+        try:
+            folder, notes = checkpoint_dir.newest_verified(root, strict)
+            result = [(str(folder), notes, None)]
+        except checkpoint_dir.CheckpointDamaged as error:
+            result = [(None, [], str(error))]
+    torch.distributed.broadcast_object_list(result, src=0)
+    folder, notes, error = result[0]
+    if error:
+        raise checkpoint_dir.CheckpointDamaged(error)
+    for note in notes:
+        message(note)
+    return Path(folder)
+
+
+def resolve_model_spec(cfg: TrainingConfig, message=print) -> tuple[dict, Path | None]:
     """(model spec, iteration folder to load or None): resume from checkpoint.dir, else checkpoint.load,
-    else a from-scratch model from model.hf_config."""
+    else a from-scratch model from model.hf_config. The folder is the newest that verifies against its
+    manifest (``checkpoint.strict_load``: the tracker's or an error)."""
     from megatron_tibetan.models.gpt import DTYPE_NAMES, load_model_spec_dir, make_model_spec
 
-    own = cfg.checkpoint.dir
+    own, strict = cfg.checkpoint.dir, cfg.checkpoint.strict_load
     if own and checkpoint_dir.has_checkpoint(own):
-        return load_model_spec_dir(own), checkpoint_dir.latest_iteration_dir(own)
+        return load_model_spec_dir(own), verified_iteration(own, strict, message)
     if cfg.checkpoint.load:
-        return load_model_spec_dir(cfg.checkpoint.load), checkpoint_dir.latest_iteration_dir(cfg.checkpoint.load)
+        return load_model_spec_dir(cfg.checkpoint.load), verified_iteration(cfg.checkpoint.load, strict, message)
     hf = cfg.model.hf_config
     if hf is None:
         raise ConfigError("no model: set model.hf_config (from scratch) or checkpoint.load (a converted checkpoint)")
