@@ -61,6 +61,7 @@ class Size:
     flores_lines: int  # per direction, the first lines of FLORES-200 dev
     ppl_lines: int  # the first lines of the subset scored for bits per byte
     max_new_tokens: int
+    phrasing_lines: int  # the first lines of the subset that cpt_sft translates in every trained phrasing
     tiny_model: bool = False  # a random tiny Llama instead of SmolLM2-135M
     lr: float | None = None  # both stages' peak learning rate (None: the configs')
 
@@ -68,10 +69,10 @@ class Size:
 # About 14 minutes of stages on an idle 2-core machine (measured figures in README.md).
 DEMO = Size("demo", tokenizer_lines=30000, new_tokens=4000, documents=3000, cpt_iterations=24, cpt_global_batch=4,
             cpt_micro_batch=2, cpt_seq_length=256, sft_iterations=24, sft_global_batch=2, sft_seq_length=512,
-            flores_lines=40, ppl_lines=20, max_new_tokens=64)
+            flores_lines=40, ppl_lines=20, max_new_tokens=64, phrasing_lines=8)
 TINY = Size("tiny", tokenizer_lines=2000, new_tokens=200, documents=300, cpt_iterations=3, cpt_global_batch=2,
             cpt_micro_batch=2, cpt_seq_length=64, sft_iterations=3, sft_global_batch=2, sft_seq_length=256,
-            flores_lines=6, ppl_lines=3, max_new_tokens=8, tiny_model=True, lr=3e-3)
+            flores_lines=6, ppl_lines=3, max_new_tokens=8, phrasing_lines=2, tiny_model=True, lr=3e-3)
 
 
 @dataclass
@@ -386,6 +387,15 @@ def build_stages(size: Size, out: Path, seed: int = 1234) -> list[Stage]:
                                 "--output", _rel(p.evaluation(n) / f"translation_{lang}")],
                             outputs=[p.evaluation(n) / f"translation_{lang}" / "metrics.json"],
                             needs=["flores_subset"] + [f"export_{a}" for a in ("cpt", "sft", "cpt_sft")], threads=1))
+    k = min(size.phrasing_lines, n)
+    stages.append(Stage("eval_phrasings", f"cpt_sft asked in each of the 21 trained phrasings, on the first {k} lines "
+                        "per direction: chrF per phrasing and its spread",
+                        evaluate + ["--model", f"cpt_sft={arms['cpt_sft']}", "--translate",
+                                    ",".join(f"{lang}={_rel(subset[lang])}" for lang in DIRECTIONS), "--ref", _rel(subset["bo"]),
+                                    "--limit", str(k), "--phrasings", "all", "--max-new-tokens", str(size.max_new_tokens),
+                                    "--batch-size", str(k), "--bootstrap", "100", "--output", _rel(p.evaluation(n) / "phrasings")],
+                        outputs=[p.evaluation(n) / "phrasings" / "metrics.json"], needs=["flores_subset", "export_cpt_sft"],
+                        threads=1))
     stages += [
         Stage("layers_chain", "layer-wise analysis, chained: base -> cpt -> cpt_sft",
               [py, "tools/analyze_layers.py", "--base", base, "--adapted", f"cpt={arms['cpt']}", f"cpt_sft={arms['cpt_sft']}",
@@ -447,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         bpb=paths.bpb / "metrics.json",
         translation={f"{lang}-bo": paths.evaluation(size.flores_lines) / f"translation_{lang}" / "metrics.json"
                      for lang in DIRECTIONS},
+        phrasings=paths.evaluation(size.flores_lines) / "phrasings" / "metrics.json",
         references={f"{lang}-bo": paths.flores("bo", size.flores_lines) for lang in DIRECTIONS},
         training_logs={arm: out / arm / "metrics.jsonl" for arm in ("cpt", "sft", "cpt_sft")},
         layers={"chain": out / "layers" / "chain", "sft": out / "layers" / "sft"},

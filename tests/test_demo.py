@@ -132,6 +132,11 @@ def test_tiny_study_report_structure(tiny_study, shared_data):
     n = study.TINY.flores_lines
     assert report["seconds"] > 0 and report["cpu_seconds"] > 0
     assert set(report["models"]) == {"base", "cpt", "sft", "cpt_sft"}
+    # cpt_sft in every trained phrasing: 14 for zh->bo, 7 for en->bo, phrasing 0 the main table's set on fewer lines
+    spread = report["phrasings"]
+    assert {d: len(v["chrf"]) for d, v in spread.items()} == {"zh-bo.greedy": 14, "en-bo.greedy": 7}
+    assert all(v["min"] <= v["mean"] <= v["max"] for v in spread.values())
+    assert "### cpt_sft asked in each trained phrasing" in (out / "report.md").read_text()
     for arm, m in report["models"].items():
         assert m["bits_per_byte"] > 0
         for d in ("zh-bo", "en-bo"):

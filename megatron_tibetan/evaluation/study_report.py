@@ -144,8 +144,8 @@ def _token_counts(spec, lines: list[str]) -> list[int]:
 
 def write_report(out: Path, size: dict, records: list[dict], seconds_this_run: float, fertility: dict[str, Path],
                  bpb: Path, translation: dict[str, Path], references: dict[str, Path], training_logs: dict[str, Path],
-                 layers: dict[str, Path], sft_stats: Path, cpt_stats: Path, tokenizers: dict, show: Callable[[Path], str] = str
-                 ) -> list[str]:
+                 layers: dict[str, Path], sft_stats: Path, cpt_stats: Path, tokenizers: dict, show: Callable[[Path], str] = str,
+                 phrasings: Path | None = None) -> list[str]:
     """Write OUT/report.md, OUT/report.json and the PNG plots; return the summary lines for the terminal."""
     out = Path(out)
     tok = {w: _fertility(p) for w, p in fertility.items()}
@@ -235,6 +235,7 @@ def write_report(out: Path, size: dict, records: list[dict], seconds_this_run: f
         "bits_per_byte_set": {"lines": bpb_by_model["base"]["documents"], "bytes": bpb_by_model["base"]["bytes"]},
         "references": {d: show(references[d]) for d in DIRECTIONS},
         "significance": significance,
+        "phrasings": _load(phrasings)["phrasings"].get("cpt_sft", {}) if phrasings else {},
         "training": {arm: {k: v for k, v in t.items() if k != "loss"} | {"loss": t["loss"]} for arm, t in training.items()},
         "data": {"cpt": _load(cpt_stats), "sft": _load(sft_stats)},
         "layers": layer_summary,
@@ -371,6 +372,13 @@ def _markdown(data, size, records, bpb_png, tr_png, fert_png, train_png, half_wi
         md += [f"Read the levels too: the best arm scores chrF {best:.2f} of 100, so no arm translates yet after this few "
                "steps; these differences say which arm writes more of the references' Tibetan character sequences, "
                "not which one translates better.", ""]
+    if data["phrasings"]:
+        md += ["### cpt_sft asked in each trained phrasing", "",
+               "The same first lines of the subset, prompted in every phrasing SFT trained with (data/prompts.py; "
+               "phrasing 0 is the one above). A model that depends on the wording spreads widely.", ""]
+        rows = [[d.split(".")[0], v["mean"], v["stdev"], v["min"], v["max"],
+                 " ".join(f"{k}:{c:.1f}" for k, c in v["chrf"].items())] for d, v in data["phrasings"].items()]
+        md += markdown_table(["direction", "mean chrF", "std", "min", "max", "phrasing:chrF"], rows) + [""]
     checks = data["checks"]
     md += ["Checks: bits per byte falls with CPT (below base and init): **" + str(checks["bits_per_byte_falls_with_cpt"]).lower()
            + "**; cpt_sft's chrF above base's: " + ", ".join(f"{LANG[d]} **{str(v).lower()}**" for d, v in checks["cpt_sft_chrf_above_base"].items())
