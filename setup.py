@@ -1,10 +1,27 @@
 from setuptools import find_packages, setup
 
+# the commands on PATH after `pip install`: one per stage (tools/*.py, `python -m megatron_tibetan.train`)
+COMMANDS = {
+    "preprocess": "megatron_tibetan.tools.preprocess_data",
+    "merge-datasets": "megatron_tibetan.tools.merge_datasets",
+    "extend-tokenizer": "megatron_tibetan.tools.extend_tokenizer",
+    "fertility": "megatron_tibetan.tools.tokenizer_fertility",
+    "prepare-sft": "megatron_tibetan.tools.prepare_sft",
+    "convert": "megatron_tibetan.tools.convert_checkpoint",
+    "train": "megatron_tibetan.train",
+    "evaluate": "megatron_tibetan.tools.evaluate",
+    "analyze-layers": "megatron_tibetan.tools.analyze_layers",
+    "submit": "megatron_tibetan.tools.submit",
+}
+
 setup(
     name="megatron_tibetan",
     version="0.1.0",
     description="Continual pretraining and supervised fine-tuning of open LLMs for Tibetan on megatron-core",
-    packages=find_packages(include=["megatron_tibetan", "megatron_tibetan.*"]),
+    # tools/ is installed as megatron_tibetan.tools, so its commands can be console scripts
+    packages=[*find_packages(include=["megatron_tibetan", "megatron_tibetan.*"]), "megatron_tibetan.tools"],
+    package_dir={"megatron_tibetan.tools": "tools"},
+    entry_points={"console_scripts": [f"megatron-tibetan-{name} = {target}:main" for name, target in COMMANDS.items()]},
     python_requires=">=3.10",
     # torch is installed first and pinned by the Makefile (torch==2.13.0, CPU build); a range here
     # that 2.13.0 satisfies installs nothing more.
@@ -35,6 +52,6 @@ setup(
         # `transformer-engine` alone makes `import megatron.core` fail).
         "gpu": ["transformer-engine[pytorch]>=2.0"],
         "test": ["pytest>=8"],
-        "fast": ["gigatoken>=0.10"],  # preprocessing's fastest encoder where it loads the tokenizer (data.encode)
+        "fast": ["gigatoken>=0.10"],  # preprocessing's fastest encoder where it loads the tokenizer (tokenizer.encoders)
     },
 )

@@ -8,12 +8,10 @@ Bits per byte compare tokenizers fairly. Writes embedding_init.json and embeddin
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
@@ -22,7 +20,7 @@ from megatron_tibetan import presets  # noqa: E402
 from megatron_tibetan.evaluation.perplexity import perplexity  # noqa: E402
 from megatron_tibetan.tokenizer import load_tokenizer  # noqa: E402
 from megatron_tibetan.tokenizer.embeddings import init_new_embeddings  # noqa: E402
-from megatron_tibetan.tokenizer.extend import load_extension  # noqa: E402
+from megatron_tibetan.tokenizer.extension_file import load_extension  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 

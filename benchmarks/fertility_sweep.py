@@ -16,18 +16,16 @@ Chinese sides of the parallel files; any other SentencePiece model or HF directo
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from megatron_tibetan.text import normalize  # noqa: E402
 from megatron_tibetan.text.readers import iter_texts  # noqa: E402
 from megatron_tibetan.tokenizer import load_tokenizer  # noqa: E402
 from megatron_tibetan.tokenizer.base import SENTENCEPIECE, base_kind  # noqa: E402
-from megatron_tibetan.tokenizer.extend import learn_extension, save_extended, truncate_merges  # noqa: E402
+from megatron_tibetan.tokenizer.bpe_extend import learn_extension, save_extended, truncate_merges  # noqa: E402
 from megatron_tibetan.tokenizer.fertility import fertility  # noqa: E402
 from megatron_tibetan.tokenizer.sentencepiece_extend import (  # noqa: E402
     learn_sentencepiece_extension, save_extended_sentencepiece, select_new_pieces,

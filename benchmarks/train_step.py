@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 DEFAULT_CONFIGS = ["configs/cpt/tiny-cpu.yaml", "configs/cpt/smollm2-135m.yaml"]
 IMPLEMENTATIONS = ("megatron", "transformers")
@@ -110,7 +109,7 @@ def profile_table(step, rows: int) -> str:
 def bench_config(path: str, steps: int, warmup: int, profile_rows: int, batches_file: Path | None, memory_steps: int):
     import torch
 
-    from megatron_tibetan.data.gpt import MicroBatches
+    from megatron_tibetan.data.pretraining import MicroBatches
     from megatron_tibetan.training.loop import Trainer
 
     cfg = load(path, max(steps + warmup + (1 if profile_rows else 0), memory_steps))

@@ -71,9 +71,19 @@ class ParallelConfig:
     overlap_param_gather: bool = False
 
 
+# One precision vocabulary everywhere (configs, model.json, tools, benchmark JSON): torch's names. The
+# short forms are accepted as aliases and read as the long ones.
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def dtype_name(name: str) -> str:
+    """``name`` in the project's precision vocabulary (``bf16`` -> ``bfloat16``; others unchanged)."""
+    return DTYPE_ALIASES.get(name, name)
+
+
 @dataclass
 class PrecisionConfig:
-    dtype: str = "fp32"  # fp32 | bf16
+    dtype: str = "float32"  # float32 | bfloat16 (fp32, bf16: the same)
     fp8: Optional[str] = None  # None | hybrid | e4m3 (Transformer Engine only)
     fp8_recipe: str = "delayed"  # delayed | tensorwise | mxfp8 | blockwise
     fp8_amax_history_len: int = 1024
@@ -172,7 +182,7 @@ CHOICES = {
     "data.kind": ("gpt", "sft"),
     "model.transformer_impl": ("auto", "local", "transformer_engine"),
     "model.recompute_granularity": (None, "full", "selective"),
-    "precision.dtype": ("fp32", "bf16"),
+    "precision.dtype": ("float32", "bfloat16"),
     "precision.fp8": (None, "hybrid", "e4m3"),
     "precision.fp8_recipe": ("delayed", "tensorwise", "mxfp8", "blockwise"),
     "optimizer.name": ("adam",),
@@ -295,6 +305,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
 
 def check_config(cfg: TrainingConfig) -> None:
     """Checks that need no hardware: choices, positivity, batch arithmetic that holds for any world size."""
+    cfg.precision.dtype = dtype_name(cfg.precision.dtype)
     for dotted, allowed in CHOICES.items():
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)

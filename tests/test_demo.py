@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import sacrebleu
 
-from megatron_tibetan import study
-from megatron_tibetan.study import Stage, StageFailed, run_stages
+from megatron_tibetan.study.recipe import TINY
+from megatron_tibetan.study.runner import Stage, StageFailed, run_stages
 from megatron_tibetan.text import normalize, segment_for_bleu
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ def _path(p: str) -> Path:
 def test_tiny_study_report_structure(tiny_study, shared_data):
     out, stdout = tiny_study
     report = json.loads((out / "report.json").read_text())
-    n = study.TINY.flores_lines
+    n = TINY.flores_lines
     assert report["seconds"] > 0 and report["cpu_seconds"] > 0
     assert set(report["models"]) == {"base", "cpt", "sft", "cpt_sft"}
     # cpt_sft in every trained phrasing: 14 for zh->bo, 7 for en->bo, phrasing 0 the main table's set on fewer lines
@@ -153,7 +153,7 @@ def test_tiny_study_report_structure(tiny_study, shared_data):
     assert report["tokenizer"]["extended"]["bo"]["tokens"] < report["tokenizer"]["base"]["bo"]["tokens"]
     assert report["tokenizer"]["extended"]["zh"]["tokens"] == report["tokenizer"]["base"]["zh"]["tokens"]
     # the sft arm and the cpt_sft arm trained the same number of steps on the same data
-    assert report["training"]["sft"]["steps"] == report["training"]["cpt_sft"]["steps"] == study.TINY.sft_iterations
+    assert report["training"]["sft"]["steps"] == report["training"]["cpt_sft"]["steps"] == TINY.sft_iterations
     for d in ("zh-bo", "en-bo"):
         for other in ("sft", "base", "cpt"):
             s = report["significance"][d][f"cpt_sft_vs_{other}"]["chrf"]

@@ -1,6 +1,7 @@
 """Imports run one way, down the data flow (../shared/DESIGN.md): a lower layer never imports a higher one,
-not even inside a function, and the library never imports tools/ or benchmarks/. Read from the source
-(ast), so it costs nothing and sees every import statement."""
+not even inside a function, the library never imports tools/ or benchmarks/, and no module imports one
+that imports it back (directly or round a longer circle, inside a layer too). Read from the source (ast),
+so it costs nothing and sees every import statement."""
 
 from __future__ import annotations
 
@@ -25,9 +26,17 @@ LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 
 def component(module: str) -> str:
-    """The layer name of a dotted module under the package: ``megatron_tibetan.data.gpt`` -> ``data``."""
+    """The layer name of a dotted module under the package: ``megatron_tibetan.data.pretraining`` -> ``data``."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else ""
+
+
+def _from_module(node: ast.ImportFrom, path: Path) -> str:
+    """The dotted module of ``from X import ...`` (a relative X resolved against the file's package)."""
+    if not node.level:
+        return node.module
+    base = path.relative_to(PACKAGE.parent).with_suffix("").parts[: -node.level]
+    return ".".join([*base, node.module])
 
 
 def imports(path: Path) -> list[tuple[int, str]]:
@@ -37,14 +46,58 @@ def imports(path: Path) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
-            if node.level:  # relative: resolve against the file's package
-                base = path.relative_to(PACKAGE.parent).with_suffix("").parts[: -node.level]
-                found.append((node.lineno, ".".join([*base, node.module])))
-            else:
-                found.append((node.lineno, node.module))
+            found.append((node.lineno, _from_module(node, path)))
             if node.module == "megatron_tibetan":  # from megatron_tibetan import checkpoint_dir, ...
                 found += [(node.lineno, f"megatron_tibetan.{a.name}") for a in node.names]
     return found
+
+
+def module_file(root: Path, module: str) -> Path | None:
+    """The source file of a dotted module under ``root`` (a package's __init__.py), or None."""
+    base = root.joinpath(*module.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def imported_files(path: Path, root: Path) -> set[Path]:
+    """The files under ``root`` that ``path`` imports: ``from pkg import mod`` is an import of pkg/mod.py,
+    ``from mod import name`` of mod.py."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {module_file(root, a.name) for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            module = _from_module(node, path)
+            subs = {module_file(root, f"{module}.{a.name}") for a in node.names}
+            found |= subs - {None} if len(subs - {None}) == len(node.names) else (subs | {module_file(root, module)})
+    return found - {None, path}
+
+
+def import_cycles(package: Path) -> list[list[str]]:
+    """Every circle of imports among the modules of ``package`` (function-local imports included), each
+    as the files along it, found by a depth-first search over the import graph."""
+    root = package.parent
+    files = sorted(package.rglob("*.py"))
+    graph = {f: sorted(imported_files(f, root)) for f in files}
+    cycles, state = [], {}  # state: 1 on the current path, 2 done
+
+    def visit(node, path):
+        state[node] = 1
+        path.append(node)
+        for target in graph.get(node, []):
+            if state.get(target) == 1:
+                cycles.append([str(c.relative_to(root)) for c in path[path.index(target):] + [target]])
+            elif target not in state:
+                visit(target, path)
+        path.pop()
+        state[node] = 2
+
+    for f in files:
+        if f not in state:
+            visit(f, [])
+    return cycles
 
 
 def own_component(path: Path) -> str:
@@ -82,3 +135,26 @@ def test_the_check_finds_an_upward_import(tmp_path):
     bad.write_text("def f():\n    from megatron_tibetan.training import checkpoint\n")
     (line, module), = imports(bad)
     assert line == 2 and LEVEL[component(module)] > LEVEL["models"]
+
+
+def test_no_import_cycle():
+    cycles = import_cycles(PACKAGE)
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_finds_a_circle_inside_one_layer(tmp_path):
+    """The cycle check can fail: two tokenizer/ modules importing each other (one inside a function, as
+    the old extension dispatcher did) and a three-module circle are both found; a clean chain is not."""
+    package = tmp_path / "megatron_tibetan"
+    (package / "tokenizer").mkdir(parents=True)
+    for name, body in {"__init__.py": "", "tokenizer/__init__.py": "",
+                       "tokenizer/a.py": "from megatron_tibetan.tokenizer.b import x\n",
+                       "tokenizer/b.py": "def f():\n    from megatron_tibetan.tokenizer import a\n",
+                       "tokenizer/c.py": "import megatron_tibetan.tokenizer.d\n",
+                       "tokenizer/d.py": "from megatron_tibetan.tokenizer.e import y\n",
+                       "tokenizer/e.py": "from megatron_tibetan.tokenizer.c import z\n",
+                       "tokenizer/f.py": "from megatron_tibetan.tokenizer.a import x\n"}.items():
+        (package / name).write_text(body)
+    found = {tuple(sorted(set(c))) for c in import_cycles(package)}
+    short = lambda *names: tuple(sorted(f"megatron_tibetan/tokenizer/{n}.py" for n in names))
+    assert found == {short("a", "b"), short("c", "d", "e")}, found

@@ -14,10 +14,11 @@ import pytest
 from tokenizers import Regex, Tokenizer, pre_tokenizers
 
 from megatron_tibetan import presets
-from megatron_tibetan.data import encode as encode_module
-from megatron_tibetan.data.encode import (
-    SAMPLE_TEXTS, PlainEncoder, TwoPhaseBPE, build_encoder, select_encoder, split_pattern, stdlib_pattern,
-)
+from megatron_tibetan.tokenizer import byte_level, encoded
+from megatron_tibetan.tokenizer.byte_level import TwoPhaseBPE
+from megatron_tibetan.tokenizer.encoder_choice import SAMPLE_TEXTS, build_encoder, select_encoder
+from megatron_tibetan.tokenizer.encoders import PieceCachedEncoder, PlainEncoder
+from megatron_tibetan.tokenizer.split_pattern import UNSTABLE_CHARS, split_pattern, stdlib_pattern
 from megatron_tibetan.tokenizer.pretokenize import GPT2_PATTERN
 
 EDGE_CASES = list(SAMPLE_TEXTS) + ["ཀ་, ཁ་ ག", "ཀ་\x00ཁ་", "ཀ་a་ཁ", "  ཀ་ཁ་  ", "ཀ་ཁ་ག་ང་ཅ་ཆ་ཇ་ཉ་ཏ་ཐ་ད་ན་"]
@@ -52,7 +53,7 @@ def real_lines(shared_data):
 @pytest.fixture(scope="module")
 def extended(shared_data):
     """A Qwen2.5 extension with 1,000 Tibetan run tokens (pre-tokens of several syllables)."""
-    from megatron_tibetan.tokenizer.extend import extended_backend, learn_extension
+    from megatron_tibetan.tokenizer.bpe_extend import extended_backend, learn_extension
 
     base, merges, info = learn_extension("qwen2.5", [shared_data / "mono" / "nanhai.bo.txt.xz"], 1000,
                                          max_lines_per_file=1500, unit="run")
@@ -81,11 +82,11 @@ def test_gigatoken_where_it_loads_the_tokenizer(real_lines):
 
 def test_start_up_check_refuses_an_encoder_whose_ids_differ(smollm2, monkeypatch):
     def off_by_one(self, texts):
-        encoded = original(self, texts)
-        return encoded._replace(tokens=encoded.tokens + (encoded.tokens == 1234))
+        result = original(self, texts)
+        return result._replace(tokens=result.tokens + (result.tokens == 1234))
 
-    original = encode_module.PieceCachedEncoder._encode_fast
-    monkeypatch.setattr(encode_module.PieceCachedEncoder, "_encode_fast", off_by_one)
+    original = PieceCachedEncoder._encode_fast
+    monkeypatch.setattr(PieceCachedEncoder, "_encode_fast", off_by_one)
     target = smollm2.decode([1234])
     encoder = select_encoder(smollm2, [f"a{target} ཀ་"])
     assert isinstance(encoder, PlainEncoder)
@@ -93,7 +94,7 @@ def test_start_up_check_refuses_an_encoder_whose_ids_differ(smollm2, monkeypatch
 
 
 def test_tiny_cache_and_bos_post_processor(smollm2, real_lines, monkeypatch):
-    monkeypatch.setattr(encode_module, "MAX_CACHE", 50)
+    monkeypatch.setattr(encoded, "MAX_CACHE", 50)
     config = json.loads(smollm2.to_str())
     first = config["added_tokens"][0]
     config["post_processor"] = {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": first["content"], "type_id": 0}},
@@ -114,7 +115,7 @@ def test_extended_tokenizer_two_phase_ids(extended, real_lines, ignore_merges):
     backend, base_size = extended
     config = json.loads(backend.to_str())
     config["model"]["ignore_merges"] = ignore_merges  # Qwen's is True: a whole-vocabulary pre-token is one id
-    unreachable = encode_module.byte_level("ཀ་ཁ་ག་")  # an entry no merge makes: only ignore_merges finds it
+    unreachable = byte_level.byte_level("ཀ་ཁ་ག་")  # an entry no merge makes: only ignore_merges finds it
     config["model"]["vocab"][unreachable] = len(config["model"]["vocab"]) + len(config["added_tokens"])
     tokenizer = Tokenizer.from_str(json.dumps(config))
     encoder = select_encoder(tokenizer, real_lines[:50])
@@ -154,7 +155,7 @@ def _splits_like_tokenizers(pattern):
     translated = stdlib_pattern(pattern)
     assert translated is not None and translated != pattern
     engines = [regex.compile(pattern), re.compile(translated)]
-    accepted = [chr(c) for c in range(0x10000) if not encode_module._UNSTABLE_CHARS.match(chr(c))]
+    accepted = [chr(c) for c in range(0x10000) if not UNSTABLE_CHARS.match(chr(c))]
     assert len(accepted) > 20000
     for template in ("a{}b", " {} ", "{0}{0}1", "ཀ{}་", "'{}s", "\n{}\n", "{} ", "{0}  {0}\n\n"):
         text = "".join(template.format(c) for c in accepted)
@@ -187,11 +188,11 @@ def test_stdlib_pattern_refuses_what_re_may_read_otherwise():
 
 def test_batch_syllable_cut_equals_the_per_piece_cut():
     pieces = ["ཀ་ཁ་ག", "སངས་རྒྱས་", " བོད་སྐད་དུ", "ཀ་ཁ", "།་ཀ", "ཀ་༡་ཁ", "ཀ\u0f0cཁ\u0f0c"]
-    per_piece = [part for piece in pieces for part in encode_module._SYLLABLE_CUT.split(piece) + ["\x00"]]
-    fast = encode_module._syllable_parts(pieces)  # every tsheg is a cut: str methods on the whole batch
+    per_piece = [part for piece in pieces for part in byte_level._SYLLABLE_CUT.split(piece) + ["\x00"]]
+    fast = byte_level._syllable_parts(pieces)  # every tsheg is a cut: str methods on the whole batch
     assert [p for p in fast if p] == per_piece
     for odd in ("ཀ་ ཁ་ག", "ཀ་a་ཁ", "ཀ་\x01ཁ་ག", "ཀ་\x00ཁ་ག"):  # a tsheg that is no cut, or a mark in the text
-        assert encode_module._syllable_parts(pieces + [odd]) == per_piece + encode_module._SYLLABLE_CUT.split(odd) + ["\x00"]
+        assert byte_level._syllable_parts(pieces + [odd]) == per_piece + byte_level._SYLLABLE_CUT.split(odd) + ["\x00"]
 
 
 def test_smollm2_uses_the_byte_level_expression():

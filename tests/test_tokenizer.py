@@ -15,9 +15,8 @@ from megatron_tibetan.tokenizer import load_tokenizer
 from megatron_tibetan.tokenizer.embeddings import (
     base_subtoken_ids, init_new_embeddings, token_text,
 )
-from megatron_tibetan.tokenizer.extend import (
-    learn_extension, load_extension, save_extended, tibetan_backend, truncate_merges,
-)
+from megatron_tibetan.tokenizer.bpe_extend import learn_extension, save_extended, tibetan_backend, truncate_merges
+from megatron_tibetan.tokenizer.extension_file import load_extension
 from megatron_tibetan.tokenizer.fertility import fertility
 from megatron_tibetan.tokenizer.pretokenize import tibetan_pre_tokenizer
 from megatron_tibetan.models.gpt import pad_vocab_size

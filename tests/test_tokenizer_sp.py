@@ -17,7 +17,8 @@ from megatron_tibetan.text import normalize
 from megatron_tibetan.tokenizer import load_tokenizer
 from megatron_tibetan.tokenizer.base import BYTE_LEVEL_BPE, SENTENCEPIECE, base_kind
 from megatron_tibetan.tokenizer.embeddings import base_subtoken_ids, init_new_embeddings
-from megatron_tibetan.tokenizer.extend import extend_tokenizer, load_extension
+from megatron_tibetan.tokenizer.extend import extend_tokenizer
+from megatron_tibetan.tokenizer.extension_file import load_extension
 from megatron_tibetan.tokenizer.fertility import fertility
 from megatron_tibetan.tokenizer.sentencepiece_model import read_model_proto
 

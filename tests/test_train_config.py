@@ -51,7 +51,7 @@ def test_required_override_keys():
     ("trian.iterations=2", "unknown key 'trian'"),
     ("train.iterations=ten", "train.iterations: expected int"),
     ("optimizer.lr=fast", "optimizer.lr: expected a number"),
-    ("precision.dtype=fp16", "precision.dtype: 'fp16' is not one of"),
+    ("precision.dtype=fp16", "precision.dtype: 'float16' is not one of"),
     ("batch.global_batch_size=6", "not a multiple of batch.micro_batch_size"),
     ("train.iterations", "expected KEY=VALUE"),
 ])
@@ -106,11 +106,27 @@ def test_model_checks():
 
 
 def test_missing_dataset_names_the_build_command(tmp_path):
-    from megatron_tibetan.data.gpt import check_prefixes
+    from megatron_tibetan.data.pretraining import check_prefixes
 
     cfg = load_config(TINY, [f"data.paths=[{tmp_path / 'nothing_text_document'}]"])
     with pytest.raises(FileNotFoundError, match=r"nothing_text_document.bin.*tools/preprocess_data.py --input ../shared/data/mono/nanhai"):
         check_prefixes(cfg.data.paths, "data.paths", cfg.data.build_command)
+
+
+def test_one_precision_vocabulary_with_the_short_names_as_aliases():
+    """Configs, model.json and tools/evaluate.py --dtype speak torch's names; bf16/fp32 read as those."""
+    from megatron_tibetan.models.gpt import DTYPES
+
+    assert load_config(TINY).precision.dtype == "float32"
+    for alias, name in (("bf16", "bfloat16"), ("fp32", "float32"), ("bfloat16", "bfloat16")):
+        assert load_config(TINY, [f"precision.dtype={alias}"]).precision.dtype == name
+    assert all(load_config(p).precision.dtype in DTYPES for p in (ROOT / "configs").glob("*/*.yaml"))
+    import subprocess
+    import sys
+    for flag in ("bf16", "bfloat16"):
+        out = subprocess.run([sys.executable, str(ROOT / "tools/evaluate.py"), "--dtype", flag, "--help"],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
 
 
 def test_list_elements_are_type_checked():
@@ -132,7 +148,7 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
 
 
 def test_tokenizer_defaults_to_the_checkpoint_and_dataset_tokenizer_is_checked(tmp_path):
-    from megatron_tibetan.data.gpt import DatasetTokenizer
+    from megatron_tibetan.data.pretraining import DatasetTokenizer
 
     messages = []
     cfg = load_config(TINY, ["data.tokenizer=null", f"data.paths=[{tmp_path / 'nanhai_text_document'}]"])

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_tibetan.evaluation.layers import analyze  # noqa: E402
-from megatron_tibetan.evaluation.models import hf_model_dir, named_paths  # noqa: E402
-from megatron_tibetan.evaluation.report import layers_report  # noqa: E402
+from megatron_tibetan.evaluation.layers import analyze
+from megatron_tibetan.evaluation.models import hf_model_dir, named_paths
+from megatron_tibetan.evaluation.report import layers_report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,11 +9,9 @@ rerun. Writes OUT/report.md and OUT/report.json (megatron_tibetan/study.py, eval
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_tibetan.study import main  # noqa: E402
+from megatron_tibetan.study.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,12 +13,12 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_tibetan.data.chat import TEMPLATES  # noqa: E402
-from megatron_tibetan.evaluation.models import named_paths  # noqa: E402
-from megatron_tibetan.evaluation.run import evaluate, score_files  # noqa: E402
-from megatron_tibetan.text.readers import InputError  # noqa: E402
+from megatron_tibetan.config import dtype_name
+from megatron_tibetan.data.chat import TEMPLATES
+from megatron_tibetan.evaluation.models import named_paths
+from megatron_tibetan.evaluation.run import evaluate, score_files
+from megatron_tibetan.text.readers import InputError
 
 
 def _translations(spec: str | None) -> dict[str, str]:
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals and paired tests")
     p.add_argument("--tokenizer", help="tokenizer spec when the model directory has none")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="float32", type=dtype_name, choices=["float32", "bfloat16", "float16"],
+                   help="weights and activations (bf16, fp32, fp16 are read as the long names)")
     p.add_argument("--template", choices=TEMPLATES, default="auto",
                    help="chat template of the prompts, as given to tools/prepare_sft.py (auto: the model's own if it has one, else plain)")
     p.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template file (as tools/prepare_sft.py --chat-template)")

@@ -13,11 +13,9 @@ holding one: Llama 2, Gemma, Mistral).
 import argparse
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_tibetan.tokenizer.extend import extend_tokenizer  # noqa: E402
+from megatron_tibetan.tokenizer.extend import extend_tokenizer
 
 
 def main() -> int:

@@ -10,9 +10,7 @@ tools/preprocess_data.py run over the shards' inputs writes, duplicates across s
 import argparse
 import sys
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
 
 from megatron_tibetan.data.merge import MergeError, merge_datasets  # noqa: E402

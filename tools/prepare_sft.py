@@ -14,9 +14,7 @@ An SFT config takes the prefix (runs/sft/ntrex_smollm2) as data.paths.
 import argparse
 import sys
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # megatron.core warns on import that it falls back from Transformer Engine/Apex (irrelevant to data files)
 warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
 

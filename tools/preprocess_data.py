@@ -9,9 +9,7 @@ writes runs/data/nanhai_smollm2_text_document.bin/.idx and runs/data/nanhai_smol
 import argparse
 import sys
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # megatron.core warns on import that it falls back from Transformer Engine/Apex (irrelevant to data files)
 warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
 

@@ -11,12 +11,10 @@ Prints the job id and its log; --wait blocks until the job (and any requeued run
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_tibetan.config import ConfigError  # noqa: E402
-from megatron_tibetan.launch.submission import STAGES, Resources, submit, wait  # noqa: E402
+from megatron_tibetan.config import ConfigError
+from megatron_tibetan.launch.submission import STAGES, Resources, submit, wait
 
 
 def minutes(text: str) -> int:

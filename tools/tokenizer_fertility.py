@@ -9,10 +9,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_tibetan.tokenizer import load_tokenizer  # noqa: E402
-from megatron_tibetan.tokenizer.fertility import fertility  # noqa: E402
+from megatron_tibetan.tokenizer import load_tokenizer
+from megatron_tibetan.tokenizer.fertility import fertility
 
 
 def main() -> int:

@@ -4,7 +4,7 @@ The pipeline, per chunk of about ``chunk_bytes`` of input:
 
     main process: read + decompress whole lines (undecoded, not split) ──► worker pool (ordered): split
     and decode the lines, parse JSON, normalise, filter, count, tokenise (the encoder that
-    :func:`megatron_tibetan.data.encode.select_encoder` chose at start-up: gigatoken, the pre-token
+    :func:`megatron_tibetan.tokenizer.encoder_choice.encoder_for` chose at start-up: gigatoken, the pre-token
     cache or the tokenizer itself, always the tokenizer's own ids), pack the tokens into one numpy
     array ◄── main process: drop exact duplicates, append the chunk through megatron-core's
     IndexedDatasetBuilder
@@ -17,7 +17,7 @@ normal.
 
 Chunks are consumed in submission order, so the output does not depend on ``workers``. At most
 ``2 * workers + 2`` chunks are in flight, so memory is bounded by the chunk size, each worker's
-pre-token cache (``encode.MAX_CACHE`` entries), the duplicate table (``dedup_memory_mb``) and
+pre-token cache (``tokenizer.encoded.MAX_CACHE`` entries), the duplicate table (``dedup_memory_mb``) and
 megatron-core's index lists (Python lists, about 70 bytes a document), not by the input size.
 Each worker encodes on one thread (``TOKENIZERS_PARALLELISM=false``): ``workers`` is the core count.
 """
@@ -39,7 +39,7 @@ from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from megatron_tibetan.data.encode import build_encoder, select_encoder
+from megatron_tibetan.tokenizer.encoder_choice import encoder_for
 from megatron_tibetan.data.indexed import DocumentWriter, dataset_prefix, token_dtype
 from megatron_tibetan.text.filters import DROP_REASONS, FILTER_REASONS, DuplicateFilter, FilterConfig, drop_reasons, text_digest
 from megatron_tibetan.text.normalize import normalize_document, normalize_texts
@@ -75,7 +75,7 @@ class _WorkerSpec(NamedTuple):
     keep_layout: bool
     filters: FilterConfig
     eod_id: int | None  # appended to every document when set
-    encoder: str  # chosen once by select_encoder in the main process
+    encoder: str  # chosen once by encoder_for in the main process
 
 
 class _Chunk(NamedTuple):
@@ -83,7 +83,7 @@ class _Chunk(NamedTuple):
     per-document filters; duplicates are decided in the main process, which sees every document."""
 
     documents: int
-    encoder: str  # "gigatoken", "piece-cache" or "encode_batch" (megatron_tibetan.data.encode)
+    encoder: str  # "gigatoken", "piece-cache" or "encode_batch" (megatron_tibetan.tokenizer.encoders)
     raw_bytes: int
     dropped: dict[str, int]
     invalid_utf8: list[str]
@@ -102,7 +102,7 @@ def _init_worker(spec: _WorkerSpec) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker
     from tokenizers import Tokenizer
 
-    _WORKER["encoder"] = build_encoder(Tokenizer.from_str(spec.tokenizer_json), spec.encoder)
+    _WORKER["encoder"] = encoder_for(Tokenizer.from_str(spec.tokenizer_json), spec.encoder)
     _WORKER["spec"] = spec
     _WORKER["cpu_mark"] = time.process_time()  # start-up ends here
 
@@ -343,7 +343,7 @@ def preprocess(config: PreprocessConfig, tokenizer=None) -> dict:
     chunks = _read_chunks(paths, config)
     first = next(chunks, None)
     chunks = itertools.chain([first] if first else [], chunks)
-    encoder = select_encoder(tokenizer.backend_tokenizer, _sample_texts(first or [], config))
+    encoder = encoder_for(tokenizer.backend_tokenizer, sample=_sample_texts(first or [], config))
     totals.encoder_reason = encoder.reason
     spec = _WorkerSpec(tokenizer.backend_tokenizer.to_str(), config.json_keys, config.normalize, config.keep_layout,
                        config.filters,

@@ -34,8 +34,10 @@ from megatron_tibetan.evaluation.run import hyp_path
 from megatron_tibetan.text import normalize, tibetan_ratio
 from megatron_tibetan.text.readers import read_lines
 
+# the study's arms and translation directions, defined once (megatron_tibetan.study's recipe reads them here)
 ARMS = ("base", "cpt", "sft", "cpt_sft")
-DIRECTIONS = ("zh-bo", "en-bo")
+SOURCE_LANGS = ("zh", "en")
+DIRECTIONS = tuple(f"{lang}-bo" for lang in SOURCE_LANGS)
 ARM_TEXT = {
     "base": "SmolLM2-135M-Instruct as released, with its own tokenizer",
     "init": "the imported model with the extended vocabulary (sub-token-mean rows), untrained",
@@ -142,34 +144,24 @@ def _token_counts(spec, lines: list[str]) -> list[int]:
     return [len(ids) for ids in tok([normalize(x) for x in lines], add_special_tokens=False)["input_ids"]]
 
 
-def write_report(out: Path, size: dict, records: list[dict], seconds_this_run: float, fertility: dict[str, Path],
-                 bpb: Path, translation: dict[str, Path], references: dict[str, Path], training_logs: dict[str, Path],
-                 layers: dict[str, Path], sft_stats: Path, cpt_stats: Path, tokenizers: dict, show: Callable[[Path], str] = str,
-                 phrasings: Path | None = None) -> list[str]:
-    """Write OUT/report.md, OUT/report.json and the PNG plots; return the summary lines for the terminal."""
-    out = Path(out)
-    tok = {w: _fertility(p) for w, p in fertility.items()}
-    bpb_metrics = _load(bpb)["models"]
-    bpb_by_model = {m: next(iter(sets.values())) for m, sets in bpb_metrics.items()}
-    tr = {d: _load(translation[d]) for d in DIRECTIONS}
-    ref_lines = {d: read_lines(references[d]) for d in DIRECTIONS}
-    lines_n = len(ref_lines["zh-bo"])
+def _arm_scores(arm: str, bpb: dict, translation: dict[str, Path], tr: dict, show: Callable) -> dict:
+    """One arm's row of report.json's ``models``: bits per byte, and per direction the scores with their
+    intervals, the hypothesis file and its Tibetan share."""
+    entry = {"description": ARM_TEXT[arm], "bits_per_byte": bpb["bits_per_byte"], "perplexity": bpb["perplexity"]}
+    for d in DIRECTIONS:
+        m = tr[d]["models"][arm][f"{d}.greedy"]
+        hyp = hyp_path(Path(translation[d]).parent, arm, f"{d}.greedy")
+        hyps = read_lines(hyp)
+        entry[d] = {"chrf": m["chrf"], "chrf_ci95": m["chrf_ci95"], "bleu_syllable": m["bleu_syllable"],
+                    "bleu_syllable_ci95": m["bleu_syllable_ci95"], "chrf_pp": m["chrf_pp"], "bleu_default": m["bleu_default"],
+                    "lines": m["lines"], "hyp": show(hyp), "tibetan_share": tibetan_ratio("\n".join(hyps)),
+                    "seconds": m.get("seconds"), "cpu_seconds": m.get("cpu_seconds"),
+                    "signature_chrf": m["signatures"]["chrf"]}
+    return entry
 
-    models: dict = {}
-    for arm in ARMS:
-        entry = {"description": ARM_TEXT[arm], "bits_per_byte": bpb_by_model[arm]["bits_per_byte"],
-                 "perplexity": bpb_by_model[arm]["perplexity"]}
-        for d in DIRECTIONS:
-            m = tr[d]["models"][arm][f"{d}.greedy"]
-            hyp = hyp_path(Path(translation[d]).parent, arm, f"{d}.greedy")
-            hyps = read_lines(hyp)
-            entry[d] = {"chrf": m["chrf"], "chrf_ci95": m["chrf_ci95"], "bleu_syllable": m["bleu_syllable"],
-                        "bleu_syllable_ci95": m["bleu_syllable_ci95"], "chrf_pp": m["chrf_pp"], "bleu_default": m["bleu_default"],
-                        "lines": m["lines"], "hyp": show(hyp), "tibetan_share": tibetan_ratio("\n".join(hyps)),
-                        "seconds": m.get("seconds"), "cpu_seconds": m.get("cpu_seconds"),
-                        "signature_chrf": m["signatures"]["chrf"]}
-        models[arm] = entry
 
+def _significance(tr: dict) -> dict:
+    """cpt_sft against each other arm, per direction: both scores, their difference and the paired p-value."""
     significance: dict = {}
     for d in DIRECTIONS:
         sig = tr[d]["significance"][f"{d}.greedy"]
@@ -179,16 +171,17 @@ def write_report(out: Path, size: dict, records: list[dict], seconds_this_run: f
                 k: {"cpt_sft": sig[k]["cpt_sft"]["score"], other: sig[k][other]["score"],
                     "delta": sig[k]["cpt_sft"]["score"] - sig[k][other]["score"], "p_value": sig[k][other]["p_value"]}
                 for k in ("chrf", "bleu_syllable")}
+    return significance
 
-    # vocabulary: measured sequence lengths, training and generation cost
+
+def _vocabulary(tok: dict, size: dict, models: dict, training: dict, ref_tokens: dict, lines_n: int) -> dict:
+    """What the extended vocabulary changes, measured: sequence lengths, training and generation cost."""
     cap = size["max_new_tokens"]
-    ref_tokens = {w: _token_counts(tokenizers[w], ref_lines["zh-bo"]) for w in ("base", "extended")}
-    training = {arm: _training(p) for arm, p in training_logs.items()}
     cpt_tokens_per_step = size["cpt_global_batch"] * size["cpt_seq_length"]
     bytes_per_token = {w: tok[w]["bo"]["bytes_per_token"] for w in ("base", "extended")}
     gen = {arm: {d: {"seconds_per_line": models[arm][d]["seconds"] / lines_n if models[arm][d]["seconds"] else None}
                  for d in DIRECTIONS} for arm in ARMS}
-    vocabulary = {
+    return {
         "used": "extended",
         "new_tokens": tok["extended"]["vocab_size"] - tok["base"]["vocab_size"],
         "bo_tokens_per_char": {w: tok[w]["bo"]["tokens_per_char"] for w in ("base", "extended")},
@@ -202,59 +195,50 @@ def write_report(out: Path, size: dict, records: list[dict], seconds_this_run: f
         "cpt_tibetan_bytes_per_step": {w: cpt_tokens_per_step * b for w, b in bytes_per_token.items()},
         "generation_seconds_per_line": gen,
     }
-    checks = {
-        "bits_per_byte_falls_with_cpt": models["cpt"]["bits_per_byte"] < min(models["base"]["bits_per_byte"],
-                                                                            bpb_by_model["init"]["bits_per_byte"]),
+
+
+def _checks(models: dict, init_bpb: float) -> dict:
+    return {
+        "bits_per_byte_falls_with_cpt": models["cpt"]["bits_per_byte"] < min(models["base"]["bits_per_byte"], init_bpb),
         "cpt_sft_chrf_above_base": {d: models["cpt_sft"][d]["chrf"] > models["base"][d]["chrf"] for d in DIRECTIONS},
         "cpt_sft_chrf_interval_above_base": {d: models["cpt_sft"][d]["chrf_ci95"][0] > models["base"][d]["chrf_ci95"][1]
                                              for d in DIRECTIONS},
     }
-    layer_summary, heatmaps = {}, {}
-    for name, folder in layers.items():
+
+
+def _layer_summary(layers: dict[str, Path], out: Path, show: Callable) -> tuple[dict, dict]:
+    """Per comparison of the layer analyses: the total relative change and the module that moved most;
+    and the heatmaps, relative to ``out``."""
+    summary, heatmaps = {}, {}
+    for folder in layers.values():
         analysis = _load(Path(folder) / "analysis.json")
         for arm, c in analysis["comparisons"].items():
             top = max(c["modules"].items(), key=lambda kv: kv[1]["relative"])
             key = f"{arm} vs {c['reference']}"
             png = Path(folder) / f"heatmap_{arm}.png"
-            layer_summary[key] = {"relative": c["total"]["relative"], "top_module": top[0],
-                                  "top_module_relative": top[1]["relative"], "heatmap": show(png)}
+            summary[key] = {"relative": c["total"]["relative"], "top_module": top[0],
+                            "top_module_relative": top[1]["relative"], "heatmap": show(png)}
             heatmaps[key] = os.path.relpath(png, out)
-    half_width = {d: statistics.mean((models[a][d]["chrf_ci95"][1] - models[a][d]["chrf_ci95"][0]) / 2 for a in ARMS)
-                  for d in DIRECTIONS}
+    return summary, heatmaps
 
-    data = {
-        "seconds": round(busy_seconds(records), 1),
-        "cpu_seconds": round(sum(r["cpu_seconds"] for r in records), 1),
-        "seconds_this_run": round(seconds_this_run, 1),
-        "size": size,
-        "tokenizer": tok,
-        "vocabulary": vocabulary,
-        "models": models,
-        "init": {"description": ARM_TEXT["init"], "bits_per_byte": bpb_by_model["init"]["bits_per_byte"],
-                 "perplexity": bpb_by_model["init"]["perplexity"]},
-        "bits_per_byte_set": {"lines": bpb_by_model["base"]["documents"], "bytes": bpb_by_model["base"]["bytes"]},
-        "references": {d: show(references[d]) for d in DIRECTIONS},
-        "significance": significance,
-        "phrasings": _load(phrasings)["phrasings"].get("cpt_sft", {}) if phrasings else {},
-        "training": {arm: {k: v for k, v in t.items() if k != "loss"} | {"loss": t["loss"]} for arm, t in training.items()},
-        "data": {"cpt": _load(cpt_stats), "sft": _load(sft_stats)},
-        "layers": layer_summary,
-        "checks": checks,
-        "stages": records,
+
+def _plots(data: dict, training: dict, out: Path) -> dict[str, str]:
+    """The report's PNG figures, by name: bits per byte, translation, fertility, training loss."""
+    models = data["models"]
+    return {
+        "bpb": _bar_plot({a: {"FLORES dev bo": {"bits_per_byte": v["bits_per_byte"]}}
+                          for a, v in [("base", models["base"]), ("init", data["init"])] + [(a, models[a]) for a in ARMS[1:]]},
+                         ("bits_per_byte",), out / "bits_per_byte.png", "bits per byte (lower is better)"),
+        "translation": _bar_plot({a: {LANG[d]: models[a][d] for d in DIRECTIONS} for a in ARMS}, ("chrf", "bleu_syllable"),
+                                 out / "translation.png", "score [95% bootstrap interval]"),
+        "fertility": _fertility_plot(data["tokenizer"], out / "fertility.png"),
+        "training": _training_plot(training, out / "training_loss.png"),
     }
-    write_json(data, out / "report.json")
 
-    # plots
-    bpb_png = _bar_plot({a: {"FLORES dev bo": {"bits_per_byte": v["bits_per_byte"]}}
-                         for a, v in [("base", models["base"]), ("init", data["init"])] + [(a, models[a]) for a in ARMS[1:]]},
-                        ("bits_per_byte",), out / "bits_per_byte.png", "bits per byte (lower is better)")
-    tr_png = _bar_plot({a: {LANG[d]: models[a][d] for d in DIRECTIONS} for a in ARMS}, ("chrf", "bleu_syllable"),
-                       out / "translation.png", "score [95% bootstrap interval]")
-    fert_png = _fertility_plot(tok, out / "fertility.png")
-    train_png = _training_plot(training, out / "training_loss.png")
 
-    md = _markdown(data, size, records, bpb_png, tr_png, fert_png, train_png, half_width, lines_n, heatmaps)
-    (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+def _summary_lines(data: dict, lines_n: int) -> list[str]:
+    """What the terminal shows at the end of a run."""
+    models, vocabulary, significance = data["models"], data["vocabulary"], data["significance"]
 
     def chrf_line(d: str) -> str:
         return f"{LANG[d]} chrF: " + ", ".join(f"{a} {_fmt_ci(models[a][d]['chrf'], models[a][d]['chrf_ci95'])}" for a in ARMS)
@@ -272,8 +256,64 @@ def write_report(out: Path, size: dict, records: list[dict], seconds_this_run: f
     ]
 
 
-def _markdown(data, size, records, bpb_png, tr_png, fert_png, train_png, half_width, lines_n, heatmaps) -> list[str]:
-    models, voc, sig, tok = data["models"], data["vocabulary"], data["significance"], data["tokenizer"]
+def write_report(out: Path, size: dict, records: list[dict], seconds_this_run: float, fertility: dict[str, Path],
+                 bpb: Path, translation: dict[str, Path], references: dict[str, Path], training_logs: dict[str, Path],
+                 layers: dict[str, Path], sft_stats: Path, cpt_stats: Path, tokenizers: dict, show: Callable[[Path], str] = str,
+                 phrasings: Path | None = None) -> list[str]:
+    """Write OUT/report.md, OUT/report.json and the PNG plots; return the summary lines for the terminal."""
+    out = Path(out)
+    tok = {w: _fertility(p) for w, p in fertility.items()}
+    bpb_by_model = {m: next(iter(sets.values())) for m, sets in _load(bpb)["models"].items()}
+    tr = {d: _load(translation[d]) for d in DIRECTIONS}
+    ref_lines = {d: read_lines(references[d]) for d in DIRECTIONS}
+    lines_n = len(ref_lines["zh-bo"])
+    models = {arm: _arm_scores(arm, bpb_by_model[arm], translation, tr, show) for arm in ARMS}
+    training = {arm: _training(p) for arm, p in training_logs.items()}
+    ref_tokens = {w: _token_counts(tokenizers[w], ref_lines["zh-bo"]) for w in ("base", "extended")}
+    layer_summary, heatmaps = _layer_summary(layers, out, show)
+    data = {
+        "seconds": round(busy_seconds(records), 1),
+        "cpu_seconds": round(sum(r["cpu_seconds"] for r in records), 1),
+        "seconds_this_run": round(seconds_this_run, 1),
+        "size": size,
+        "tokenizer": tok,
+        "vocabulary": _vocabulary(tok, size, models, training, ref_tokens, lines_n),
+        "models": models,
+        "init": {"description": ARM_TEXT["init"], "bits_per_byte": bpb_by_model["init"]["bits_per_byte"],
+                 "perplexity": bpb_by_model["init"]["perplexity"]},
+        "bits_per_byte_set": {"lines": bpb_by_model["base"]["documents"], "bytes": bpb_by_model["base"]["bytes"]},
+        "references": {d: show(references[d]) for d in DIRECTIONS},
+        "significance": _significance(tr),
+        "phrasings": _load(phrasings)["phrasings"].get("cpt_sft", {}) if phrasings else {},
+        "training": {arm: {k: v for k, v in t.items() if k != "loss"} | {"loss": t["loss"]} for arm, t in training.items()},
+        "data": {"cpt": _load(cpt_stats), "sft": _load(sft_stats)},
+        "layers": layer_summary,
+        "checks": _checks(models, bpb_by_model["init"]["bits_per_byte"]),
+        "stages": records,
+    }
+    write_json(data, out / "report.json")
+    figures = _plots(data, training, out)
+    md = _markdown(data, size, records, figures, lines_n, heatmaps)
+    (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    return _summary_lines(data, lines_n)
+
+
+def _chrf_half_width(models: dict) -> dict[str, float]:
+    """Per direction, the mean half width of the arms' chrF intervals."""
+    return {d: statistics.mean((models[a][d]["chrf_ci95"][1] - models[a][d]["chrf_ci95"][0]) / 2 for a in ARMS)
+            for d in DIRECTIONS}
+
+
+def _markdown(data: dict, size: dict, records: list[dict], figures: dict[str, str], lines_n: int,
+              heatmaps: dict[str, str]) -> list[str]:
+    """report.md, section by section."""
+    return (_md_arms(data, size) + _md_vocabulary(data, size, figures) + _md_bits_per_byte(data, figures)
+            + _md_translation(data, size, figures, lines_n) + _md_training(data, size, figures)
+            + _md_layers(data, heatmaps) + _md_commands(records))
+
+
+def _md_arms(data: dict, size: dict) -> list[str]:
+    models, voc = data["models"], data["vocabulary"]
     total_min = data["seconds"] / 60
     md = [
         "# Tibetan adaptation of SmolLM2-135M: the two-stage study" + (" (tiny: random model)" if size["tiny_model"] else ""),
@@ -302,9 +342,13 @@ def _markdown(data, size, records, bpb_png, tr_png, fert_png, train_png, half_wi
         "shows whether a longer budget could have helped it: a model that does not write Tibetan cannot gain chrF "
         "from more tokens.",
         "",
-        "## Vocabulary: extended, measured",
-        "",
     ]
+    return md
+
+
+def _md_vocabulary(data: dict, size: dict, figures: dict[str, str]) -> list[str]:
+    voc, tok = data["vocabulary"], data["tokenizer"]
+    md = ["## Vocabulary: extended, measured", ""]
     fb, fe = tok["base"], tok["extended"]
     md += markdown_table(["tokenizer", "vocabulary", "bo tokens/syllable", "bo tokens/char", "bo bytes/token", "zh tokens/char", "en tokens/char"],
                  [[w, f"{t['vocab_size']:,}", f"{t['bo']['tokens_per_syllable']:.3f}", f"{t['bo']['tokens_per_char']:.3f}",
@@ -314,7 +358,7 @@ def _markdown(data, size, records, bpb_png, tr_png, fert_png, train_png, half_wi
     gen = voc["generation_seconds_per_line"]
     md += [
         "",
-        f"![fertility]({fert_png})",
+        f"![fertility]({figures['fertility']})",
         "",
         f"The arms after `base` use the extended vocabulary ({voc['new_tokens']:,} Tibetan tokens trained on "
         f"{size['tokenizer_lines']:,} Nanhai lines; zh and en encode exactly as before). It makes Tibetan sequences "
@@ -329,6 +373,13 @@ def _markdown(data, size, records, bpb_png, tr_png, fert_png, train_png, half_wi
         + " per zh→bo line (all arms stop at the same token budget, so per line they cost about the same; the base "
         "vocabulary would need the longer budget to write the same Tibetan).",
         "",
+    ]
+    return md
+
+
+def _md_bits_per_byte(data: dict, figures: dict[str, str]) -> list[str]:
+    models = data["models"]
+    md = [
         "## Bits per byte (FLORES-200 dev bo)",
         "",
         f"The first {data['bits_per_byte_set']['lines']} lines ({data['bits_per_byte_set']['bytes']:,} bytes), "
@@ -339,8 +390,14 @@ def _markdown(data, size, records, bpb_png, tr_png, fert_png, train_png, half_wi
             ["init", f"{data['init']['bits_per_byte']:.3f}", f"{data['init']['perplexity']:.2f}"]]
     rows += [[a, f"{models[a]['bits_per_byte']:.3f}", f"{models[a]['perplexity']:.2f}"] for a in ("cpt", "sft", "cpt_sft")]
     md += markdown_table(["arm", "bits per byte", "perplexity per token (own tokenizer)"], rows)
-    md += ["", f"![bits per byte]({bpb_png})", ""]
-    md += ["## Translation into Tibetan (FLORES-200 dev subset)", "",
+    md += ["", f"![bits per byte]({figures['bpb']})", ""]
+    return md
+
+
+def _md_translation(data: dict, size: dict, figures: dict[str, str], lines_n: int) -> list[str]:
+    models, sig = data["models"], data["significance"]
+    half_width = _chrf_half_width(models)
+    md = ["## Translation into Tibetan (FLORES-200 dev subset)", "",
            f"The first {lines_n} lines per direction; greedy decoding; chrF on normalised text and BLEU on syllables "
            "(sacrebleu), [95% bootstrap interval, 1000 resamples].", ""]
     rows = []
@@ -350,7 +407,7 @@ def _markdown(data, size, records, bpb_png, tr_png, fert_png, train_png, half_wi
             rows.append([LANG[d], a, _fmt_ci(m["chrf"], m["chrf_ci95"]), _fmt_ci(m["bleu_syllable"], m["bleu_syllable_ci95"]),
                          f"{m['chrf_pp']:.2f}", f"{m['tibetan_share']:.0%}", f"`{m['hyp']}`"])
     md += markdown_table(["direction", "arm", "chrF", "BLEU (syllables)", "chrF++", "Tibetan share of output", "hypotheses"], rows)
-    md += ["", f"![translation]({tr_png})", "", "### Paired significance (sacrebleu paired bootstrap, 1000 resamples)", ""]
+    md += ["", f"![translation]({figures['translation']})", "", "### Paired significance (sacrebleu paired bootstrap, 1000 resamples)", ""]
     rows = []
     for d in DIRECTIONS:
         for other in ("sft", "base", "cpt"):
@@ -383,7 +440,11 @@ def _markdown(data, size, records, bpb_png, tr_png, fert_png, train_png, half_wi
     md += ["Checks: bits per byte falls with CPT (below base and init): **" + str(checks["bits_per_byte_falls_with_cpt"]).lower()
            + "**; cpt_sft's chrF above base's: " + ", ".join(f"{LANG[d]} **{str(v).lower()}**" for d, v in checks["cpt_sft_chrf_above_base"].items())
            + " (intervals apart: " + ", ".join(f"{LANG[d]} {str(v).lower()}" for d, v in checks["cpt_sft_chrf_interval_above_base"].items()) + ").", ""]
-    md += ["## Training", ""]
+    return md
+
+
+def _md_training(data: dict, size: dict, figures: dict[str, str]) -> list[str]:
+    md = ["## Training", ""]
     cpt_d, sft_d = data["data"]["cpt"], data["data"]["sft"]
     md += [f"CPT data: {cpt_d['documents_out']:,} Nanhai documents, {cpt_d['tokens']:,} tokens. SFT data: "
            f"{sft_d['splits']['train']['examples']:,} NTREX-128 zh→bo and en→bo examples "
@@ -393,14 +454,23 @@ def _markdown(data, size, records, bpb_png, tr_png, fert_png, train_png, half_wi
              f"{t['step_seconds_median']:.1f}" if t["step_seconds_median"] else "–",
              f"{t['tokens_per_second_median']:.0f}" if t["tokens_per_second_median"] else "–"] for a, t in data["training"].items()]
     md += markdown_table(["run", "steps", "first loss", "last loss", "median step (s)", "tokens/s"], rows)
-    md += ["", f"![training loss]({train_png})", "", "## What each stage moved (layer-wise analysis)", "",
+    md += ["", f"![training loss]({figures['training']})", ""]
+    return md
+
+
+def _md_layers(data: dict, heatmaps: dict[str, str]) -> list[str]:
+    md = ["## What each stage moved (layer-wise analysis)", "",
            "Relative weight change ‖ΔW‖/‖W‖ per layer and module (after a few Adam steps it mostly mirrors 1/RMS(W); "
            "see README.md, section 5).", ""]
     md += markdown_table(["comparison", "‖ΔW‖/‖W‖ (all)", "largest module", "heatmap"],
                  [[k, f"{v['relative']:.2e}", f"{v['top_module']} ({v['top_module_relative']:.2e})",
                    f"![{k}]({heatmaps[k]})"]
                   for k, v in data["layers"].items()])
-    md += ["", "## The commands (each stage as a user types it)", ""]
+    return md + [""]
+
+
+def _md_commands(records: list[dict]) -> list[str]:
+    md = ["## The commands (each stage as a user types it)", ""]
     md += markdown_table(["#", "stage", "wall s", "CPU s", "peak MiB", "load avg", "threads", ""],
                  [[i, r["title"], f"{r['seconds']:.0f}", f"{r['cpu_seconds']:.0f}", r["peak_rss_mib"], f"{r['load_average'][1]:.1f}",
                    r.get("threads", ""), "skipped (done before)" if r.get("skipped") else ""] for i, r in enumerate(records, 1)])

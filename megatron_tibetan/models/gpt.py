@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from megatron_tibetan import checkpoint_dir
+from megatron_tibetan.config import dtype_name
 from megatron_tibetan.models.families import Family, UnsupportedModelError, family_of, get_family
 from megatron_tibetan.models.families.base import head_dim, query_groups, rope_scaling_factor, rope_theta, shared_config
 
@@ -68,6 +69,7 @@ def check_parallel(hf: dict, padded_vocab_size: int, tp: int, pp: int) -> None:
 def make_model_spec(hf_config: dict, params_dtype: str = "float32", tokenizer: str | None = None,
                     padded_vocab_size: int | None = None) -> dict:
     family = family_of(hf_config)
+    params_dtype = dtype_name(params_dtype)
     if params_dtype not in DTYPES:
         raise ValueError(f"params_dtype {params_dtype!r}: expected one of {sorted(DTYPES)}")
     padded = padded_vocab_size or pad_vocab_size(hf_config["vocab_size"])
@@ -92,7 +94,7 @@ def transformer_config(spec: dict, device: str | None = None, **overrides):
 
     hf = spec["hf_config"]
     family = family_of(hf)
-    dtype = DTYPES[spec.get("params_dtype", "float32")]
+    dtype = DTYPES[dtype_name(spec.get("params_dtype", "float32"))]
     on_cpu = device == "cpu" or not torch.cuda.is_available()
     kwargs = dict(
         **shared_config(hf),

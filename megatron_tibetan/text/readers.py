@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import gzip
 import json
+import itertools
 import lzma
 import os
 from pathlib import Path
@@ -188,11 +189,12 @@ def decode_document(doc: RawDocument, json_keys: tuple[str, ...] = ("text",)) ->
 
 
 def iter_texts(
-    paths: Iterable[str | os.PathLike], json_key: str = "text", paragraphs: bool = False
+    paths: Iterable[str | os.PathLike], json_key: str = "text", paragraphs: bool = False, limit: int | None = None
 ) -> Iterator[str]:
-    """Decoded document texts of ``paths`` (not normalised). Invalid UTF-8 raises :class:`InputError`
-    with file and line; :mod:`megatron_tibetan.data.preprocess` instead skips and counts such lines."""
-    for doc in read_all(paths, paragraphs):
+    """Decoded document texts of ``paths`` (not normalised), the first ``limit`` of them (all when None).
+    Invalid UTF-8 raises :class:`InputError` with file and line; :mod:`megatron_tibetan.data.preprocess`
+    instead skips and counts such lines."""
+    for doc in itertools.islice(read_all(paths, paragraphs), limit):
         try:
             yield decode_document(doc, (json_key,))[0]
         except UnicodeDecodeError as error:

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from megatron_tibetan.text import count_syllables, normalize
-from megatron_tibetan.tokenizer.extend import read_lines
+from megatron_tibetan.text.readers import iter_texts
 
 _BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 
@@ -17,7 +17,7 @@ _BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 def fertility(tokenizer, path: str | Path, max_lines: int | None = None) -> dict:
     """Counts and ratios for ``path`` (one segment per line) under ``tokenizer`` (no special tokens).
     ``tokens_per_syllable`` is None when the file has no Tibetan syllable."""
-    lines = [normalize(line) for line in read_lines(path, max_lines)]
+    lines = [normalize(line) for line in iter_texts([path], limit=max_lines)]
     ids = tokenizer(lines, add_special_tokens=False)["input_ids"]
     tokens = sum(len(x) for x in ids)
     counts = {

@@ -21,7 +21,7 @@ import copy
 from megatron_tibetan.text import segment
 
 # GPT-2's pattern, which tokenizers' ByteLevel(use_regex=True) applies internally (the one copy:
-# data.encode splits with it too).
+# tokenizer.split_pattern splits with it too).
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 
 _SYL = segment.TIBETAN_SYLLABLE_CHARS

@@ -38,7 +38,8 @@ from tqdm import tqdm
 
 from megatron_tibetan.text import normalize
 from megatron_tibetan.tokenizer.base import SENTENCEPIECE, load_tokenizer, sentencepiece_model_file
-from megatron_tibetan.tokenizer.extend import EXTENSION_FILE, line_limits, portable_spec, read_lines
+from megatron_tibetan.text.readers import iter_texts
+from megatron_tibetan.tokenizer.extension_file import EXTENSION_FILE, line_limits, portable_spec
 from megatron_tibetan.tokenizer.sentencepiece_model import (
     BYTE, NORMAL, SENTENCEPIECE_FILE, fast_backend, model_type, read_model_proto,
 )
@@ -87,7 +88,7 @@ def training_lines(corpus: list[str | Path], limits: list[int | None], stats: Co
     """Normalised lines that hold Tibetan (a multi-line document gives one line per line); ``stats`` counts
     lines read, empty lines, lines without Tibetan and characters used."""
     for path, limit in zip(corpus, limits):
-        for text in tqdm(read_lines(path, limit), desc=f"lines {Path(path).name}", unit=" lines", total=limit,
+        for text in tqdm(iter_texts([path], limit=limit), desc=f"lines {Path(path).name}", unit=" lines", total=limit,
                          mininterval=5):
             stats["lines"] += 1
             for line in normalize(text).split("\n"):

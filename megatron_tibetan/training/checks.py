@@ -130,7 +130,7 @@ def check_dataset_tokenizer(cfg, tokenizer) -> None:
     """Refuse a dataset written with another tokenizer: its ``<prefix>_stats.json`` (written by
     tools/preprocess_data.py and tools/prepare_sft.py) names the tokenizer, vocabulary size and eod id."""
     from megatron_tibetan.config import data_blend
-    from megatron_tibetan.data.gpt import dataset_stats
+    from megatron_tibetan.data.pretraining import dataset_stats
 
     prefixes = data_blend(cfg.data.paths, cfg.data.weights)[0] + list(cfg.validation.paths or [])
     for prefix in prefixes:

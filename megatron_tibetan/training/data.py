@@ -35,7 +35,7 @@ def build_data(cfg: TrainingConfig, tokenizer, dp_size: int) -> RunData:
     seed = cfg.data.seed if cfg.data.seed is not None else cfg.train.seed
     if cfg.data.kind == "sft":
         return _sft(cfg, dp_size, seed)
-    from megatron_tibetan.data.gpt import build_datasets
+    from megatron_tibetan.data.pretraining import build_datasets
 
     train_samples = cfg.train.iterations * cfg.batch.global_batch_size
     valid_samples = cfg.validation.iterations * cfg.batch.micro_batch_size * dp_size

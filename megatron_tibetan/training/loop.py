@@ -56,11 +56,11 @@ class Trainer:
     def __init__(self, cfg: TrainingConfig):
         from megatron.core import parallel_state
 
-        from megatron_tibetan.data.gpt import DatasetTokenizer, check_cpt_data
+        from megatron_tibetan.data.pretraining import DatasetTokenizer, check_cpt_data
         from megatron_tibetan.data.sft_dataset import check_sft_data
         from megatron_tibetan.distributed import init_parallel, world
 
-        self.cfg = cfg
+        self.run_config = cfg  # ours (TrainingConfig); megatron-core's is self.transformer_config
         p = cfg.parallel
         self.device = checks.resolve_device(cfg)
         self.use_te = checks.use_transformer_engine(cfg, self.device)
@@ -106,7 +106,7 @@ class Trainer:
         if self.metrics.bar is not None:
             self.metrics.bar.total = self.iterations
         self.model = build_model_chunks(cfg, self.spec, self.device, self.use_te)
-        self.config = checkpoint_dir.unwrap(self.model[0]).config
+        self.transformer_config = checkpoint_dir.unwrap(self.model[0]).config  # megatron-core's TransformerConfig
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = build_scheduler(cfg, self.optimizer, self.iterations)
 
@@ -147,7 +147,7 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         """Resume (this run's own checkpoint, or ``checkpoint.load`` without ``finetune``) or load weights only."""
-        c = self.cfg.checkpoint
+        c = self.run_config.checkpoint
         resuming_own = c.dir is not None and path.parent.resolve() == Path(c.dir).resolve()
         if (resuming_own or not c.finetune) and ckpt.has_training_state(path):
             state, changed = ckpt.load_checkpoint(path, self.model, self.optimizer, self.scheduler,
@@ -160,10 +160,10 @@ class Trainer:
             self.iteration = state["iteration"]
             self.consumed_samples = state["consumed_samples"]
             self.skipped_steps = state.get("skipped_steps", 0)
-            if self.consumed_samples != self.iteration * self.cfg.batch.global_batch_size:
+            if self.consumed_samples != self.iteration * self.run_config.batch.global_batch_size:
                 raise ConfigError(
                     f"{path}: {self.consumed_samples} samples consumed in {self.iteration} iterations, but "
-                    f"batch.global_batch_size is {self.cfg.batch.global_batch_size}: resume with the same global batch"
+                    f"batch.global_batch_size is {self.run_config.batch.global_batch_size}: resume with the same global batch"
                 )
             if self.metrics.bar is not None:
                 self.metrics.bar.n = self.iteration
@@ -188,7 +188,7 @@ class Trainer:
             from megatron_tibetan.data.sft_dataset import packed_seq_params
 
             packed["packed_seq_params"] = packed_seq_params({k: v.to(dev) for k, v in batch.items()})
-        elif "length" in batch and self.config.pipeline_model_parallel_size == 1:
+        elif "length" in batch and self.transformer_config.pipeline_model_parallel_size == 1:
             from megatron_tibetan.data.sft_dataset import trim_padding
 
             batch = trim_padding(batch)  # padded SFT: no compute on columns past the longest example
@@ -216,8 +216,8 @@ class Trainer:
             data_iterator=iterators,
             model=self.model,
             num_microbatches=num_microbatches,
-            seq_length=self.cfg.data.seq_length,
-            micro_batch_size=self.cfg.batch.micro_batch_size,
+            seq_length=self.run_config.data.seq_length,
+            micro_batch_size=self.run_config.batch.micro_batch_size,
             forward_only=forward_only,
         )
 
@@ -234,10 +234,10 @@ class Trainer:
         return (total / count if count else float("nan")), count
 
     def _iterators(self, dataset, consumed: int):
-        from megatron_tibetan.data.gpt import MicroBatches
+        from megatron_tibetan.data.pretraining import MicroBatches
 
         def one():
-            return MicroBatches(dataset, self.cfg.batch.micro_batch_size, self.dp_rank, self.dp_size, consumed)
+            return MicroBatches(dataset, self.run_config.batch.micro_batch_size, self.dp_rank, self.dp_size, consumed)
 
         return one() if len(self.model) == 1 else [one() for _ in self.model]
 
@@ -250,17 +250,17 @@ class Trainer:
         losses = self._run_schedule(iterators, self.num_microbatches, forward_only=False)
         loss, tokens = self._reduce_loss(losses)
         first = self.consumed_samples
-        self.consumed_samples += self.cfg.batch.global_batch_size
+        self.consumed_samples += self.run_config.batch.global_batch_size
         if not math.isfinite(loss):
             batch = f"samples {first}..{self.consumed_samples - 1} of the training dataset"
             where = f"non-finite loss {loss} at iteration {self.iteration + 1} ({batch})"
-            if self.cfg.train.on_nonfinite_loss == "stop":
+            if self.run_config.train.on_nonfinite_loss == "stop":
                 raise NonFiniteLossError(where)
             self.skipped_steps += 1
             self._skipped_in_a_row += 1
             self.metrics.message(f"{where}: update skipped ({self._skipped_in_a_row} in a row)")
-            if self._skipped_in_a_row > self.cfg.train.max_skipped_steps:
-                raise NonFiniteLossError(f"{where}: more than train.max_skipped_steps={self.cfg.train.max_skipped_steps} skipped in a row")
+            if self._skipped_in_a_row > self.run_config.train.max_skipped_steps:
+                raise NonFiniteLossError(f"{where}: more than train.max_skipped_steps={self.run_config.train.max_skipped_steps} skipped in a row")
             return {"loss": loss, "lr": lr, "grad_norm": float("nan"), "tokens": tokens, "skipped": True}
         self._skipped_in_a_row = 0
         _, grad_norm, _ = self.optimizer.step()
@@ -272,7 +272,7 @@ class Trainer:
 
     def _param_gather_hooks(self, enable: bool) -> None:
         """With overlapped parameter all-gather (distributed optimizer), gather eagerly around eval and save."""
-        if self.cfg.parallel.overlap_param_gather:
+        if self.run_config.parallel.overlap_param_gather:
             for m in self.model:
                 m.enable_forward_pre_hook() if enable else m.disable_forward_pre_hook()
 
@@ -290,7 +290,7 @@ class Trainer:
         return {"step": self.iteration, "loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": tokens}
 
     def save(self) -> None:
-        c = self.cfg.checkpoint
+        c = self.run_config.checkpoint
         if not c.dir:
             return
         state = {"consumed_samples": self.consumed_samples, "skipped_steps": self.skipped_steps}
@@ -306,7 +306,7 @@ class Trainer:
 
     def train(self) -> dict:
         """Run to the run's iterations; returns the per-step records (also in ``logging.dir/metrics.jsonl``)."""
-        cfg = self.cfg
+        cfg = self.run_config
         exit_signal = ExitSignal(cfg.train.exit_signals)
         self._skipped_in_a_row = 0
         iterators = self._iterators(self.train_data, self.consumed_samples)

@@ -35,7 +35,7 @@ def resolve_model_spec(cfg: TrainingConfig, message=print) -> tuple[dict, Path |
     """(model spec, iteration folder to load or None): resume from checkpoint.dir, else checkpoint.load,
     else a from-scratch model from model.hf_config. The folder is the newest that verifies against its
     manifest (``checkpoint.strict_load``: the tracker's or an error)."""
-    from megatron_tibetan.models.gpt import DTYPE_NAMES, load_model_spec_dir, make_model_spec
+    from megatron_tibetan.models.gpt import load_model_spec_dir, make_model_spec
 
     own, strict = cfg.checkpoint.dir, cfg.checkpoint.strict_load
     if own and checkpoint_dir.has_checkpoint(own):
@@ -50,12 +50,12 @@ def resolve_model_spec(cfg: TrainingConfig, message=print) -> tuple[dict, Path |
         if not path.is_file():
             raise ConfigError(f"model.hf_config: {path} not found")
         hf = json.loads(path.read_text())
-    return make_model_spec(hf, params_dtype=DTYPE_NAMES[params_dtype(cfg)], tokenizer=cfg.data.tokenizer), None
+    return make_model_spec(hf, params_dtype=cfg.precision.dtype, tokenizer=cfg.data.tokenizer), None
 
 
 def params_dtype(cfg: TrainingConfig) -> torch.dtype:
     """The dtype of the weights a run trains (``precision.dtype``)."""
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.precision.dtype]
+    return getattr(torch, cfg.precision.dtype)  # the config speaks torch's names
 
 
 def config_overrides(cfg: TrainingConfig) -> dict:
@@ -67,7 +67,7 @@ def config_overrides(cfg: TrainingConfig) -> dict:
         sequence_parallel=cfg.parallel.sequence_parallel,
         params_dtype=dtype,
         pipeline_dtype=dtype,
-        bf16=prec.dtype == "bf16",
+        bf16=prec.dtype == "bfloat16",
         fp16=False,
         virtual_pipeline_model_parallel_size=cfg.parallel.virtual_pipeline_model_parallel_size,
     )

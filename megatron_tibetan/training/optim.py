@@ -33,8 +33,8 @@ def build_optimizer(cfg, model_chunks):
         adam_beta2=o.adam_beta2,
         adam_eps=o.adam_eps,
         clip_grad=o.clip_grad,
-        bf16=cfg.precision.dtype == "bf16",
-        params_dtype=torch.bfloat16 if cfg.precision.dtype == "bf16" else torch.float32,
+        bf16=cfg.precision.dtype == "bfloat16",
+        params_dtype=getattr(torch, cfg.precision.dtype),
         use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
         overlap_param_gather=cfg.parallel.overlap_param_gather,
     )
