@@ -160,6 +160,7 @@ class ValidationConfig:
     iterations: int = 10  # micro-batches per validation (per data-parallel rank)
     # Extra held-out indexed-dataset prefixes (e.g. FLORES dev); default: the data split's validation part.
     paths: Optional[list[str]] = None
+    build_command: Optional[str] = None  # named when a validation path is missing
     at_start: bool = False
 
 
@@ -371,6 +372,23 @@ def check_config(cfg: TrainingConfig) -> None:
 def config_to_yaml(cfg: TrainingConfig) -> str:
     """The resolved config (after overrides) as YAML that :func:`load_config` reads back to the same config."""
     return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True)
+
+
+# what makes a checkpoint directory one run: resuming it with other values is reported (TP/PP reshard,
+# the rest is a different experiment written into the same directory)
+RUN_KEYS = ("model.hf_config", "data.kind", "data.paths", "data.seq_length", "data.tokenizer",
+            "parallel.tensor_model_parallel_size", "parallel.pipeline_model_parallel_size",
+            "parallel.virtual_pipeline_model_parallel_size", "precision.dtype")
+
+
+def run_differences(saved: dict, current: dict) -> list[str]:
+    """``key: saved -> current`` for each of :data:`RUN_KEYS` that two resolved configs (as dicts) set apart."""
+    def get(config: dict, dotted: str):
+        section, key = dotted.split(".")
+        value = (config.get(section) or {}).get(key)
+        return dtype_name(value) if key == "dtype" and isinstance(value, str) else value
+
+    return [f"{k} {get(saved, k)} -> {get(current, k)}" for k in RUN_KEYS if get(saved, k) != get(current, k)]
 
 
 def data_blend(paths: list, weights: Optional[list], where: str = "data") -> tuple[list[str], Optional[list[float]]]:

@@ -38,6 +38,12 @@ def test_score_existing_translations(shared_data, tmp_path):
     assert same["bleu_default"] == 0.0
     assert got["significance"][ref.name]["bleu_syllable"]["shuffled"]["p_value"] < 0.05
     assert "Paired bootstrap" in (tmp_path / "out" / "report.md").read_text()
+    # --limit cuts the reference too: three hypothesis lines are scored against the first three references
+    (tmp_path / "three.hyp").write_text("\n".join(lines[:3]) + "\n", encoding="utf-8")
+    assert _tool("evaluate")(["--hyp", str(tmp_path / "three.hyp"), "--ref", str(ref), "--limit", "3",
+                              "--output", str(tmp_path / "three"), "--bootstrap", "10"]) == 0
+    three = json.loads((tmp_path / "three" / "metrics.json").read_text())["models"]["three"][ref.name]
+    assert three["lines"] == 3 and three["chrf"] == pytest.approx(100.0)
 
 
 def test_evaluate_a_model(tiny_llama_dir, shared_data, tmp_path):

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hyp", nargs="*", default=[], help="score these hypothesis files against --ref (no model)")
     p.add_argument("--output", required=True, help="output directory")
     p.add_argument("--beams", default="1", help="comma-separated beam sizes; 1 is greedy (e.g. 1,4)")
-    p.add_argument("--limit", type=int, help="use only the first N lines of every input file (perplexity, sources, reference)")
+    p.add_argument("--limit", type=int, help="use only the first N lines of every input file (--ppl files, sources, --ref, --hyp files)")
     p.add_argument("--max-length", type=int, help="perplexity window in tokens (default: the model's context, at most 2048)")
     p.add_argument("--stride", type=int, help="sliding-window step in tokens (default: half the window)")
     p.add_argument("--batch-size", type=int, default=8, help="sentences per generation batch; perplexity packs batch-size x 1024 tokens")
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(a: argparse.Namespace) -> None:
     if a.hyp:
-        score_files(a.hyp, a.ref, a.output, a.bootstrap)
+        score_files(a.hyp, a.ref, a.output, a.bootstrap, a.limit)
     else:
         evaluate(
             named_paths(a.model, "--model"), a.output, ppl_files=a.ppl, translations=_translations(a.translate), ref=a.ref,

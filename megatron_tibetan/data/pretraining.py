@@ -67,7 +67,8 @@ def check_cpt_data(cfg) -> None:
     """Every data and validation prefix of a CPT config exists (before any model is built)."""
     check_prefixes(data_blend(cfg.data.paths, cfg.data.weights)[0], "data.paths", cfg.data.build_command)
     if cfg.validation.paths:
-        check_prefixes(data_blend(cfg.validation.paths, None, "validation")[0], "validation.paths")
+        check_prefixes(data_blend(cfg.validation.paths, None, "validation")[0], "validation.paths",
+                       cfg.validation.build_command)
 
 
 def dataset_stats(prefix: str) -> tuple[Path, dict] | None:

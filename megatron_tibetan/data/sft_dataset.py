@@ -87,12 +87,13 @@ def check_split(prefix: str, split: str) -> None:
             f"preparations; rebuild the SFT data with: {BUILD_COMMAND}")
 
 
-def check_sft_data(prefix: str) -> None:
-    """Everything an SFT run reads of ``prefix`` is there and whole, before anything is built."""
+def check_sft_data(prefix: str, build_command: str | None = None) -> None:
+    """Everything an SFT run reads of ``prefix`` is there and whole, before anything is built; a missing
+    prefix names ``build_command`` (the config's ``data.build_command``), else the tool that writes it."""
     if not has_split(prefix, "train"):
         raise FileNotFoundError(
             f"SFT data {prefix!r} has no train split ({split_prefix(prefix, 'train', TOKENS)}.bin/.idx and "
-            f"{split_prefix(prefix, 'train', LOSS_MASK)}.bin/.idx); build it with: {BUILD_COMMAND}")
+            f"{split_prefix(prefix, 'train', LOSS_MASK)}.bin/.idx); build it with: {build_command or BUILD_COMMAND}")
     read_stats(prefix)
     for split in SPLITS:
         if split == "train" or has_split(prefix, split):

@@ -121,11 +121,12 @@ def evaluate(
     return results
 
 
-def score_files(hyp_files: list[str], ref: str, out: str | Path, n_bootstrap: int = 1000) -> dict:
-    """Score existing hypothesis files against one reference (no model); paired test when there are several."""
+def score_files(hyp_files: list[str], ref: str, out: str | Path, n_bootstrap: int = 1000, limit: int | None = None) -> dict:
+    """Score existing hypothesis files against one reference (no model); paired test when there are several.
+    ``limit``: the first lines of every file, the reference included."""
     out = Path(out)
-    refs = read_lines(ref)
-    systems = {Path(h).name.removesuffix(".hyp"): read_lines(h) for h in hyp_files}
+    refs = read_lines(ref, limit)
+    systems = {Path(h).name.removesuffix(".hyp"): read_lines(h, limit) for h in hyp_files}
     if len(systems) != len(hyp_files):
         raise ValueError(f"hypothesis files need distinct names: {hyp_files}")
     set_name = Path(ref).name

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy
 import torch
+import yaml
 
 from megatron_tibetan import checkpoint_dir
-from megatron_tibetan.config import ConfigError, TrainingConfig, config_to_yaml
+from megatron_tibetan.config import ConfigError, TrainingConfig, config_to_yaml, run_differences
 from megatron_tibetan.training import checkpoint as ckpt
 from megatron_tibetan.training import checks
 from megatron_tibetan.training.data import build_data
@@ -69,7 +70,7 @@ class Trainer:
         if cfg.data.kind == "gpt":  # fail on missing or damaged data before anything is built
             check_cpt_data(cfg)
         else:
-            check_sft_data(str(cfg.data.paths[0]))
+            check_sft_data(str(cfg.data.paths[0]), cfg.data.build_command)
         init_parallel(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, seed=cfg.train.seed,
                       device=self.device, vpp=p.virtual_pipeline_model_parallel_size)
         self.rank = torch.distributed.get_rank()
@@ -112,6 +113,7 @@ class Trainer:
 
         self.iteration, self.consumed_samples, self.skipped_steps = 0, 0, 0
         self.start_checkpoint = None  # a weights-only start (e.g. a converted iter_0000000): never pruned
+        self.nothing_to_do = None  # why this run has no step to take (its checkpoint is at the end), else None
         if self.load_from is not None:
             self._load(self.load_from)
         self.config_text = config_to_yaml(cfg)
@@ -128,6 +130,7 @@ class Trainer:
             f"tokens per step; device {self.device}{' (Transformer Engine)' if self.use_te else ''}; "
             f"start at iteration {self.iteration}" + (f" from {self.load_from}" if self.load_from else "")
         )
+        self._report_resume(cfg)
 
     def _take_lock(self, root) -> None:
         """Rank 0 takes the directory's lock; every rank stops with its message when another run holds it."""
@@ -144,6 +147,25 @@ class Trainer:
             raise checkpoint_dir.CheckpointLocked(error)
         if warning:
             self.metrics.message(warning)
+
+    def _report_resume(self, cfg: TrainingConfig) -> None:
+        """One line when resuming this run's own directory means something other than continuing: the
+        directory was written by a run with another layout or config, or it is already at the end."""
+        c = cfg.checkpoint
+        if self.load_from is None or c.dir is None or Path(self.load_from).parent.resolve() != Path(c.dir).resolve():
+            return
+        saved = Path(self.load_from) / checkpoint_dir.CONFIG
+        if saved.is_file():
+            changed = run_differences(yaml.safe_load(saved.read_text()) or {}, yaml.safe_load(self.config_text))
+            if changed:
+                self.metrics.message(f"NOTE: resuming {c.dir}, written by a run with another config ({'; '.join(changed)}); "
+                                     "set checkpoint.dir to a new directory to start a separate run")
+        if self.iteration >= self.iterations:
+            self.nothing_to_do = (
+                f"nothing to train: {c.dir} already holds iteration {self.iteration} and the run ends at "
+                f"{self.iterations} (train.iterations); raise train.iterations to continue this run (the schedule is "
+                "the checkpoint's unless checkpoint.override_schedule=true), or set checkpoint.dir to a new "
+                "directory to start another")
 
     def _load(self, path: Path) -> None:
         """Resume (this run's own checkpoint, or ``checkpoint.load`` without ``finetune``) or load weights only."""
@@ -307,6 +329,10 @@ class Trainer:
     def train(self) -> dict:
         """Run to the run's iterations; returns the per-step records (also in ``logging.dir/metrics.jsonl``)."""
         cfg = self.run_config
+        if self.nothing_to_do:
+            self.metrics.message(self.nothing_to_do)
+            self.metrics.close()
+            return {"records": [], "iteration": self.iteration, "stopped_by_signal": False, "nothing_to_do": self.nothing_to_do}
         exit_signal = ExitSignal(cfg.train.exit_signals)
         self._skipped_in_a_row = 0
         iterators = self._iterators(self.train_data, self.consumed_samples)
