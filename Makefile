@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test test-long clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# the walk-through's long steps too (SmolLM2-135M CPT and SFT, TP2 x PP2, sharded preprocessing): about an hour
+test-long: $(STAMP)
+	MEGATRON_TIBETAN_LONG=1 $(PY) -m pytest -q -s tests/test_walkthrough.py
 
 clean:
 	rm -rf $(VENV) runs out

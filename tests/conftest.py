@@ -1,3 +1,4 @@
+import ast
 import os
 from pathlib import Path
 
@@ -31,3 +32,10 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     AutoModelForCausalLM.from_config(config).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def console_scripts() -> dict[str, str]:
+    """setup.py's COMMANDS (console-script name after ``megatron-tibetan-`` -> module), read from its source."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    node = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "COMMANDS")
+    return ast.literal_eval(node.value)

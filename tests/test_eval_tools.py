@@ -38,6 +38,23 @@ def test_score_existing_translations(shared_data, tmp_path):
     assert same["bleu_default"] == 0.0
     assert got["significance"][ref.name]["bleu_syllable"]["shuffled"]["p_value"] < 0.05
     assert "Paired bootstrap" in (tmp_path / "out" / "report.md").read_text()
+    # source dependence, re-scored with plain sacrebleu: the copy follows its source, the shuffle does not
+    import sacrebleu
+
+    from megatron_tibetan.evaluation.metrics import derangement
+    from megatron_tibetan.text import normalize
+
+    n = len(lines)
+    other = [normalize(lines[j]) for j in derangement(n)]
+    for name, hyp_lines in (("same", lines), ("shuffled", shuffled)):
+        m = got["models"][name][ref.name]
+        plain = sacrebleu.corpus_chrf([normalize(h) for h in hyp_lines], [other]).score
+        assert m["chrf_deranged"] == pytest.approx(plain) and m["source_dependence"] == pytest.approx(m["chrf"] - plain)
+    assert same["source_dependence"] > 50 and same["source_dependence_p_value"] < 0.01
+    assert worse["source_dependence_ci95"][0] < 0 < worse["source_dependence_ci95"][1]
+    floor = got["reference_floor"][ref.name]
+    assert floor["chrf"] == pytest.approx(sacrebleu.corpus_chrf(other, [[normalize(r) for r in lines]]).score)
+    assert "Does the output follow its source?" in (tmp_path / "out" / "report.md").read_text()
     # --limit cuts the reference too: three hypothesis lines are scored against the first three references
     (tmp_path / "three.hyp").write_text("\n".join(lines[:3]) + "\n", encoding="utf-8")
     assert _tool("evaluate")(["--hyp", str(tmp_path / "three.hyp"), "--ref", str(ref), "--limit", "3",

@@ -5,7 +5,7 @@ with SmolLM2-135M, on CPU; `--tiny` runs the same stages on a random tiny model 
     python tools/demo.py [--tiny] [--force] [--flores-lines N] [--output runs/demo]
 
 Each stage is the project's own command, printed before it runs; stages already done are skipped on a
-rerun. Writes OUT/report.md and OUT/report.json (megatron_tibetan/study.py, evaluation/study_report.py).
+rerun. Writes OUT/report.md and OUT/report.json (megatron_tibetan/study/, evaluation/study_report.py).
 """
 
 import sys

@@ -81,12 +81,15 @@ def layers_report(analysis: dict, out: str | Path, top: int = 15) -> Path:
     return out / "report.md"
 
 
-def metrics_report(metrics: dict, out: str | Path, significance: dict | None = None, phrasings: dict | None = None) -> Path:
-    """metrics.json and report.md for {model: {set: {...}}} (and optional paired tests per set, and chrF per
-    prompt phrasing: {model: {set: {"chrf": {index: chrF}, "mean", "stdev", "min", "max"}}})."""
+def metrics_report(metrics: dict, out: str | Path, significance: dict | None = None, phrasings: dict | None = None,
+                   reference_floor: dict | None = None) -> Path:
+    """metrics.json and report.md for {model: {set: {...}}} (and optional paired tests per set, chrF per
+    prompt phrasing: {model: {set: {"chrf": {index: chrF}, "mean", "stdev", "min", "max"}}}, and the
+    reference floor per reference file: {name: {"chrf", "lines", "derangement"}})."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json({"models": metrics, "significance": significance or {}, "phrasings": phrasings or {}}, out / "metrics.json")
+    write_json({"models": metrics, "significance": significance or {}, "phrasings": phrasings or {},
+                "reference_floor": reference_floor or {}}, out / "metrics.json")
     lines = ["# Evaluation", ""]
     ppl = [[m, s, v["perplexity"], v["bits_per_byte"], v["tokens"], v["bytes"], v["documents"]]
            for m, sets in metrics.items() for s, v in sets.items() if "perplexity" in v]
@@ -104,6 +107,17 @@ def metrics_report(metrics: dict, out: str | Path, significance: dict | None = N
         lines += ["## Translation", "", "BLEU on syllable-segmented Tibetan (tokenize=none), sacrebleu default BLEU (13a), "
                   "chrF on normalised text, chrF++ with syllables as words; [95% bootstrap interval].", ""]
         lines += markdown_table(["model", "set", "BLEU (syllable)", "BLEU (13a)", "chrF", "chrF++", "lines"], mt) + [""]
+        dependence = [[m, s, f"{v['chrf']:.2f}", f"{v['chrf_deranged']:.2f}", _interval(v, "source_dependence"),
+                       _fmt(v.get("source_dependence_p_value"), 3)]
+                      for m, sets in metrics.items() for s, v in sets.items() if "source_dependence" in v]
+        if dependence:
+            floors = "; ".join(f"{name}: chrF {f['chrf']:.2f} on {f['lines']} lines" for name, f in (reference_floor or {}).items())
+            lines += ["### Does the output follow its source?", "",
+                      "chrF against each line's own reference and against another line's (line i scored against the "
+                      "reference of line i + n/2 mod n); their difference, the source dependence, is about 0 for output "
+                      "that ignores its source, whatever its chrF [95% paired bootstrap interval; one-sided p]. "
+                      + (f"The reference floor, the references scored the same way: {floors}." if floors else ""), ""]
+            lines += markdown_table(["model", "set", "chrF", "chrF vs other lines", "source dependence", "p"], dependence) + [""]
         png = plots.metric_bars(metrics, METRIC_COLUMNS, out / "translation.png", "score (95% bootstrap interval)")
         lines += [f"![translation]({png.name})", ""]
     spread = [[m, s, v["mean"], v["stdev"], v["min"], v["max"], " ".join(f"{k}:{c:.2f}" for k, c in v["chrf"].items())]

@@ -89,6 +89,7 @@ def evaluate(
             raise ValueError(f"{translations[lang]} has {len(lines)} lines but {ref} has {len(refs)}: not line-aligned")
     texts = {Path(f).name: read_lines(f, limit) for f in ppl_files}
     chosen = parse_phrasings(phrasings, sources)
+    floor = {Path(ref).name: metrics.reference_floor(refs)} if len(refs) > 1 else {}
     template_text = load_chat_template(chat_template) if chat_template else None
     results: dict = {}
     spread: dict = {}
@@ -114,10 +115,10 @@ def evaluate(
                     results[name][set_name] = metrics.score(out_lines, refs, n_bootstrap, where=set_name) | timing
                 if len(chosen[lang]) > 1:
                     spread.setdefault(name, {})[translation_set(lang, b)] = phrasing_spread(results[name], lang, b, chosen[lang])
-        report.metrics_report(results, out, phrasings=spread)  # after every model, so a long run leaves partial results
+        report.metrics_report(results, out, phrasings=spread, reference_floor=floor)  # after every model: partial results
         del model
     significance = {s: metrics.paired_bootstrap(h, refs, n_bootstrap) for s, h in hyps.items() if len(h) > 1}
-    report.metrics_report(results, out, significance, phrasings=spread)
+    report.metrics_report(results, out, significance, phrasings=spread, reference_floor=floor)
     return results
 
 
@@ -133,5 +134,6 @@ def score_files(hyp_files: list[str], ref: str, out: str | Path, n_bootstrap: in
     results = {name: {set_name: metrics.score(lines, refs, n_bootstrap, where=str(path))}
                for (name, lines), path in zip(systems.items(), hyp_files)}
     significance = {set_name: metrics.paired_bootstrap(systems, refs, n_bootstrap)} if len(systems) > 1 else {}
-    report.metrics_report(results, out, significance)
+    floor = {set_name: metrics.reference_floor(refs)} if len(refs) > 1 else {}
+    report.metrics_report(results, out, significance, reference_floor=floor)
     return results
