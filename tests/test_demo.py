@@ -171,8 +171,9 @@ def test_tiny_study_report_structure(tiny_study, shared_data):
 
 
 def test_tiny_study_hypotheses_rescore_with_sacrebleu(tiny_study):
-    """chrF (and syllable BLEU) of every hypothesis file named in report.json, recomputed by plain sacrebleu with
-    the project's one normalisation on both sides, equals the reported figure."""
+    """chrF, syllable BLEU, chrF++ and source dependence of every hypothesis file named in report.json, and the
+    reference floor, recomputed by plain sacrebleu with the project's one normalisation on both sides, equal the
+    reported figures."""
     out, _ = tiny_study
     report = json.loads((out / "report.json").read_text())
     scored = 0
@@ -184,6 +185,15 @@ def test_tiny_study_hypotheses_rescore_with_sacrebleu(tiny_study):
             bleu = sacrebleu.corpus_bleu([segment_for_bleu(h) for h in hyps], [[segment_for_bleu(r) for r in refs]],
                                          tokenize="none")
             assert bleu.score == pytest.approx(m[d]["bleu_syllable"], abs=1e-9)
+            chrf_pp = sacrebleu.corpus_chrf([segment_for_bleu(h) for h in hyps], [[segment_for_bleu(r) for r in refs]],
+                                            word_order=2)
+            assert chrf_pp.score == pytest.approx(m[d]["chrf_pp"], abs=1e-9)
+            # source dependence: the same hypotheses against line i + n/2 (mod n)'s reference
+            other = [refs[(i + len(refs) // 2) % len(refs)] for i in range(len(refs))]
+            deranged = sacrebleu.corpus_chrf(hyps, [other]).score
+            assert m[d]["chrf_deranged"] == pytest.approx(deranged, abs=1e-9)
+            assert m[d]["source_dependence"] == pytest.approx(m[d]["chrf"] - deranged, abs=1e-9)
+            assert report["reference_floor"][d]["chrf"] == pytest.approx(sacrebleu.corpus_chrf(other, [refs]).score, abs=1e-9)
             scored += m[d]["chrf"] > 0
     assert scored > 0, "every chrF is 0: the comparison would not test anything"
 

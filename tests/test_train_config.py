@@ -111,6 +111,18 @@ def test_missing_dataset_names_the_build_command(tmp_path):
     cfg = load_config(TINY, [f"data.paths=[{tmp_path / 'nothing_text_document'}]"])
     with pytest.raises(FileNotFoundError, match=r"nothing_text_document.bin.*tools/preprocess_data.py --input ../shared/data/mono/nanhai"):
         check_prefixes(cfg.data.paths, "data.paths", cfg.data.build_command)
+    # the held-out set and SFT data name theirs too (each config carries the command that builds its data)
+    from megatron_tibetan.data.sft_dataset import check_sft_data
+
+    smollm2 = load_config(ROOT / "configs/cpt/smollm2-135m.yaml", [f"validation.paths=[{tmp_path / 'flores_text_document'}]"])
+    with pytest.raises(FileNotFoundError, match=r"validation.paths: .*flores_text_document.bin.*build it with: python "
+                                                r"tools/preprocess_data.py --input ../shared/data/eval/flores200.dev.bo"):
+        check_prefixes(smollm2.validation.paths, "validation.paths", smollm2.validation.build_command)
+    for config in ("tiny-cpu", "smollm2-135m"):
+        sft = load_config(ROOT / f"configs/sft/{config}.yaml")
+        assert sft.data.paths == ["runs/data/sft_ntrex_smollm2"] and "--output runs/data/sft_ntrex_smollm2" in sft.data.build_command
+        with pytest.raises(FileNotFoundError, match=r"has no train split.*build it with: python tools/prepare_sft.py .*--max-length 512"):
+            check_sft_data(str(tmp_path / "no_sft"), sft.data.build_command)
 
 
 def test_one_precision_vocabulary_with_the_short_names_as_aliases():

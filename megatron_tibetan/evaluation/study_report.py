@@ -46,6 +46,8 @@ ARM_TEXT = {
     "cpt_sft": "both stages: CPT, then SFT",
 }
 LANG = {"zh-bo": "zh→bo", "en-bo": "en→bo"}
+# whether an output follows its source (evaluation.metrics.source_dependence), per arm and direction
+SOURCE_DEPENDENCE = ("chrf_deranged", "source_dependence", "source_dependence_ci95", "source_dependence_p_value")
 
 
 def _load(path: Path) -> dict:
@@ -156,7 +158,8 @@ def _arm_scores(arm: str, bpb: dict, translation: dict[str, Path], tr: dict, sho
                     "bleu_syllable_ci95": m["bleu_syllable_ci95"], "chrf_pp": m["chrf_pp"], "bleu_default": m["bleu_default"],
                     "lines": m["lines"], "hyp": show(hyp), "tibetan_share": tibetan_ratio("\n".join(hyps)),
                     "seconds": m.get("seconds"), "cpu_seconds": m.get("cpu_seconds"),
-                    "signature_chrf": m["signatures"]["chrf"]}
+                    "signature_chrf": m["signatures"]["chrf"],
+                    **{k: m[k] for k in SOURCE_DEPENDENCE if k in m}}
     return entry
 
 
@@ -283,6 +286,7 @@ def write_report(out: Path, size: dict, records: list[dict], seconds_this_run: f
                  "perplexity": bpb_by_model["init"]["perplexity"]},
         "bits_per_byte_set": {"lines": bpb_by_model["base"]["documents"], "bytes": bpb_by_model["base"]["bytes"]},
         "references": {d: show(references[d]) for d in DIRECTIONS},
+        "reference_floor": {d: next(iter(tr[d].get("reference_floor", {}).values()), None) for d in DIRECTIONS},
         "significance": _significance(tr),
         "phrasings": _load(phrasings)["phrasings"].get("cpt_sft", {}) if phrasings else {},
         "training": {arm: {k: v for k, v in t.items() if k != "loss"} | {"loss": t["loss"]} for arm, t in training.items()},
@@ -407,6 +411,7 @@ def _md_translation(data: dict, size: dict, figures: dict[str, str], lines_n: in
             rows.append([LANG[d], a, _fmt_ci(m["chrf"], m["chrf_ci95"]), _fmt_ci(m["bleu_syllable"], m["bleu_syllable_ci95"]),
                          f"{m['chrf_pp']:.2f}", f"{m['tibetan_share']:.0%}", f"`{m['hyp']}`"])
     md += markdown_table(["direction", "arm", "chrF", "BLEU (syllables)", "chrF++", "Tibetan share of output", "hypotheses"], rows)
+    md += _md_source_dependence(data)
     md += ["", f"![translation]({figures['translation']})", "", "### Paired significance (sacrebleu paired bootstrap, 1000 resamples)", ""]
     rows = []
     for d in DIRECTIONS:
@@ -441,6 +446,24 @@ def _md_translation(data: dict, size: dict, figures: dict[str, str], lines_n: in
            + "**; cpt_sft's chrF above base's: " + ", ".join(f"{LANG[d]} **{str(v).lower()}**" for d, v in checks["cpt_sft_chrf_above_base"].items())
            + " (intervals apart: " + ", ".join(f"{LANG[d]} {str(v).lower()}" for d, v in checks["cpt_sft_chrf_interval_above_base"].items()) + ").", ""]
     return md
+
+
+def _md_source_dependence(data: dict) -> list[str]:
+    """Whether each arm's output follows its source, beside the floor unrelated Tibetan reaches."""
+    models, floor = data["models"], data.get("reference_floor") or {}
+    rows = [[LANG[d], a, f"{models[a][d]['chrf']:.2f}", f"{models[a][d]['chrf_deranged']:.2f}",
+             _fmt_ci(models[a][d]["source_dependence"], models[a][d].get("source_dependence_ci95")),
+             f"{models[a][d]['source_dependence_p_value']:.3f}" if "source_dependence_p_value" in models[a][d] else "–"]
+            for d in DIRECTIONS for a in ARMS if "source_dependence" in models[a][d]]
+    if not rows:
+        return []
+    floors = ", ".join(f"{LANG[d]} {f['chrf']:.2f}" for d, f in floor.items() if f)
+    return ["", "### Does the output follow its source?", "",
+            "chrF against each line's own reference and against another line's (line i against the reference of "
+            "line i + n/2 mod n); the difference is about 0 for output that ignores its source, whatever its chrF "
+            "[95% paired bootstrap interval; one-sided p]." + (f" The reference floor (the references scored the same "
+            f"way, Tibetan unrelated to the source): {floors}." if floors else ""), ""] + markdown_table(
+        ["direction", "arm", "chrF", "chrF vs other lines", "source dependence", "p"], rows)
 
 
 def _md_training(data: dict, size: dict, figures: dict[str, str]) -> list[str]:
