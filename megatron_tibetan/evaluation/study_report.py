@@ -428,7 +428,7 @@ def _md_translation(data: dict, size: dict, figures: dict[str, str], lines_n: in
         md.append(f"- {LANG[d]}: {_conclusion(s['delta'], s['p_value'], half_width[d], lines_n)}.")
     md += ["", f"With {lines_n} sentences per direction the chrF intervals are about ±{max(half_width.values()):.1f} points wide; "
            f"and this demo trains for {size['cpt_iterations']} CPT and {size['sft_iterations']} SFT steps. The question is the "
-           "study's to answer with the full FLORES dev set (997 lines, `--flores-lines 997`) and the cluster recipe in README.md.", ""]
+           "study's to answer with the full FLORES dev set (997 lines, `--flores-lines 997`) and the cluster recipe in docs/slurm.md.", ""]
     best = max(models[a][d]["chrf"] for a in ARMS for d in DIRECTIONS)
     if best < 10:  # significance is about the difference, not about whether anything translates
         md += [f"Read the levels too: the best arm scores chrF {best:.2f} of 100, so no arm translates yet after this few "
@@ -484,7 +484,7 @@ def _md_training(data: dict, size: dict, figures: dict[str, str]) -> list[str]:
 def _md_layers(data: dict, heatmaps: dict[str, str]) -> list[str]:
     md = ["## What each stage moved (layer-wise analysis)", "",
            "Relative weight change ‖ΔW‖/‖W‖ per layer and module (after a few Adam steps it mostly mirrors 1/RMS(W); "
-           "see README.md, section 5).", ""]
+           "see docs/evaluation.md, layer-wise analysis).", ""]
     md += markdown_table(["comparison", "‖ΔW‖/‖W‖ (all)", "largest module", "heatmap"],
                  [[k, f"{v['relative']:.2e}", f"{v['top_module']} ({v['top_module_relative']:.2e})",
                    f"![{k}]({heatmaps[k]})"]

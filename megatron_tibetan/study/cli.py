@@ -16,7 +16,7 @@ from megatron_tibetan.study.runner import ROOT, StageFailed, rel, run_stages
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m megatron_tibetan.study", description=STUDY_DOC.split("\n\n")[0],
-                                     epilog="Every output lands under --output; see README.md, 'make demo'.")
+                                     epilog="Every output lands under --output; see docs/study.md.")
     parser.add_argument("--output", default=None, help="output folder (default runs/demo, runs/demo-tiny with --tiny)")
     parser.add_argument("--tiny", action="store_true", help="a random tiny model and a few steps per stage (tests, CI)")
     parser.add_argument("--force", action="store_true", help="run every stage again, even those already done")
