@@ -138,7 +138,8 @@ def test_tiny_study_report_structure(tiny_study, shared_data):
     assert all(v["min"] <= v["mean"] <= v["max"] for v in spread.values())
     assert "### cpt_sft asked in each trained phrasing" in (out / "report.md").read_text()
     for arm, m in report["models"].items():
-        assert m["bits_per_byte"] > 0
+        assert m["bits_per_byte"] > 0 and m["bits_per_byte_zh"] > 0 and m["bits_per_byte_en"] > 0
+        assert m["bits_per_byte"] != m["bits_per_byte_zh"] != m["bits_per_byte_en"]  # three sets, not one thrice
         for d in ("zh-bo", "en-bo"):
             e = m[d]
             lo, hi = e["chrf_ci95"]

@@ -146,10 +146,19 @@ def _token_counts(spec, lines: list[str]) -> list[int]:
     return [len(ids) for ids in tok([normalize(x) for x in lines], add_special_tokens=False)["input_ids"]]
 
 
+def _bits_per_byte(sets: dict) -> dict:
+    """An arm's bits per byte and perplexity on the Tibetan set, and ``bits_per_byte_zh``/``_en`` on the base
+    model's languages where they were scored (the sets are named after their files: flores200.dev.zh)."""
+    by_lang = {Path(name).suffix.lstrip("."): v for name, v in sets.items()}
+    bo = by_lang.get("bo", next(iter(sets.values())))
+    return {"bits_per_byte": bo["bits_per_byte"], "perplexity": bo["perplexity"],
+            **{f"bits_per_byte_{lang}": by_lang[lang]["bits_per_byte"] for lang in SOURCE_LANGS if lang in by_lang}}
+
+
 def _arm_scores(arm: str, bpb: dict, translation: dict[str, Path], tr: dict, show: Callable) -> dict:
-    """One arm's row of report.json's ``models``: bits per byte, and per direction the scores with their
-    intervals, the hypothesis file and its Tibetan share."""
-    entry = {"description": ARM_TEXT[arm], "bits_per_byte": bpb["bits_per_byte"], "perplexity": bpb["perplexity"]}
+    """One arm's row of report.json's ``models``: bits per byte (Tibetan, and zh/en where scored), and per
+    direction the scores with their intervals, the hypothesis file and its Tibetan share."""
+    entry = {"description": ARM_TEXT[arm], **_bits_per_byte(bpb)}
     for d in DIRECTIONS:
         m = tr[d]["models"][arm][f"{d}.greedy"]
         hyp = hyp_path(Path(translation[d]).parent, arm, f"{d}.greedy")
@@ -266,11 +275,13 @@ def write_report(out: Path, size: dict, records: list[dict], seconds_this_run: f
     """Write OUT/report.md, OUT/report.json and the PNG plots; return the summary lines for the terminal."""
     out = Path(out)
     tok = {w: _fertility(p) for w, p in fertility.items()}
-    bpb_by_model = {m: next(iter(sets.values())) for m, sets in _load(bpb)["models"].items()}
+    bpb_sets = _load(bpb)["models"]
+    bpb_by_model = {m: _bits_per_byte(sets) for m, sets in bpb_sets.items()}
+    bo_set = {m: next((v for k, v in sets.items() if k.endswith(".bo")), next(iter(sets.values()))) for m, sets in bpb_sets.items()}
     tr = {d: _load(translation[d]) for d in DIRECTIONS}
     ref_lines = {d: read_lines(references[d]) for d in DIRECTIONS}
     lines_n = len(ref_lines["zh-bo"])
-    models = {arm: _arm_scores(arm, bpb_by_model[arm], translation, tr, show) for arm in ARMS}
+    models = {arm: _arm_scores(arm, bpb_sets[arm], translation, tr, show) for arm in ARMS}
     training = {arm: _training(p) for arm, p in training_logs.items()}
     ref_tokens = {w: _token_counts(tokenizers[w], ref_lines["zh-bo"]) for w in ("base", "extended")}
     layer_summary, heatmaps = _layer_summary(layers, out, show)
@@ -282,9 +293,8 @@ def write_report(out: Path, size: dict, records: list[dict], seconds_this_run: f
         "tokenizer": tok,
         "vocabulary": _vocabulary(tok, size, models, training, ref_tokens, lines_n),
         "models": models,
-        "init": {"description": ARM_TEXT["init"], "bits_per_byte": bpb_by_model["init"]["bits_per_byte"],
-                 "perplexity": bpb_by_model["init"]["perplexity"]},
-        "bits_per_byte_set": {"lines": bpb_by_model["base"]["documents"], "bytes": bpb_by_model["base"]["bytes"]},
+        "init": {"description": ARM_TEXT["init"], **bpb_by_model["init"]},
+        "bits_per_byte_set": {"lines": bo_set["base"]["documents"], "bytes": bo_set["base"]["bytes"]},
         "references": {d: show(references[d]) for d in DIRECTIONS},
         "reference_floor": {d: next(iter(tr[d].get("reference_floor", {}).values()), None) for d in DIRECTIONS},
         "significance": _significance(tr),
@@ -390,10 +400,15 @@ def _md_bits_per_byte(data: dict, figures: dict[str, str]) -> list[str]:
         "each line a document; lower is better.",
         "",
     ]
-    rows = [["base", f"{models['base']['bits_per_byte']:.3f}", f"{models['base']['perplexity']:.2f}"],
-            ["init", f"{data['init']['bits_per_byte']:.3f}", f"{data['init']['perplexity']:.2f}"]]
-    rows += [[a, f"{models[a]['bits_per_byte']:.3f}", f"{models[a]['perplexity']:.2f}"] for a in ("cpt", "sft", "cpt_sft")]
-    md += markdown_table(["arm", "bits per byte", "perplexity per token (own tokenizer)"], rows)
+    langs = [lang for lang in SOURCE_LANGS if f"bits_per_byte_{lang}" in data["init"]]
+    arms = [("base", models["base"]), ("init", data["init"])] + [(a, models[a]) for a in ("cpt", "sft", "cpt_sft")]
+    rows = [[a, f"{v['bits_per_byte']:.3f}", f"{v['perplexity']:.2f}"] + [f"{v[f'bits_per_byte_{lang}']:.3f}" for lang in langs]
+            for a, v in arms]
+    md += markdown_table(["arm", "bits per byte", "perplexity per token (own tokenizer)"]
+                         + [f"bits per byte, {lang} (the base's language)" for lang in langs], rows)
+    if langs:
+        md += ["", "zh and en are scored on the same first lines of FLORES-200 dev: a rise over `base` is what the "
+               "adaptation cost the model's own languages (their tokens are unchanged by the extension).", ""]
     md += ["", f"![bits per byte]({figures['bpb']})", ""]
     return md
 

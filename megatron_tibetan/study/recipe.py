@@ -180,9 +180,11 @@ def build_stages(size: Size, out: Path, seed: int = 1234) -> list[Stage]:
     arms = {"base": base, **{arm: rel(p.hf(arm)) for arm in ("cpt", "sft", "cpt_sft")}}
     models = [f"{name}={path}" for name, path in {"init": rel(p.hf("init")), **arms}.items()]
     evaluate = [py, "tools/evaluate.py"]
-    stages.append(Stage("eval_bpb", f"bits per byte on the first {size.ppl_lines} lines of FLORES-200 dev bo",
+    stages.append(Stage("eval_bpb", f"bits per byte on the first {size.ppl_lines} lines of FLORES-200 dev bo, and of zh "
+                        "and en (what the adaptation cost the base model's languages)",
                         evaluate + sum((["--model", m] for m in models), []) + [
-                            "--ppl", d["flores_bo"], "--limit", str(size.ppl_lines), "--output", rel(p.bpb)],
+                            "--ppl", d["flores_bo"], d["flores_zh"], d["flores_en"], "--limit", str(size.ppl_lines),
+                            "--output", rel(p.bpb)],
                         outputs=[p.bpb / "metrics.json"], needs=[f"export_{a}" for a in ("init", "cpt", "sft", "cpt_sft")],
                         threads=1))
     # one evaluation per direction (single-threaded, so the two run side by side); cpt_sft first: the paired
