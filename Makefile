@@ -25,7 +25,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# the walk-through's long steps too (SmolLM2-135M CPT and SFT, TP2 x PP2, sharded preprocessing): about an hour
+# the walk-through's long steps too (SmolLM2-135M CPT and SFT, TP2 x PP2, sharded preprocessing): about 40 minutes more
 test-long: $(STAMP)
 	MEGATRON_TIBETAN_LONG=1 $(PY) -m pytest -q -s tests/test_walkthrough.py
 
