@@ -95,11 +95,19 @@ def derangement(n: int) -> list[int]:
     return [(i + n // 2) % n for i in range(n)]
 
 
-def _chrf_stats(hyps: Sequence[str], refs: Sequence[str]) -> tuple[_CHRF, np.ndarray]:
+def _deranged(refs: Sequence[str]) -> list[str]:
+    return [refs[j] for j in derangement(len(refs))]
+
+
+def _chrf_stats(hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
     """Per line, sacrebleu's chrF sufficient statistics (summed over lines they give the corpus chrF)."""
-    metric = _CHRF()
-    stats = metric._extract_corpus_statistics([normalize(h) for h in hyps], [[normalize(r) for r in refs]])
-    return metric, np.asarray(stats, dtype=np.float64)
+    stats = _CHRF()._extract_corpus_statistics([normalize(h) for h in hyps], [[normalize(r) for r in refs]])
+    return np.asarray(stats, dtype=np.float64)
+
+
+def _corpus_chrf(stats: np.ndarray) -> float:
+    """The corpus chrF of the lines whose statistics are the rows of ``stats``."""
+    return float(_CHRF()._compute_score_from_stats(list(stats.sum(axis=0))).score)
 
 
 def source_dependence(hyps: Sequence[str], refs: Sequence[str], n_bootstrap: int = 1000, seed: int = 12345) -> dict:
@@ -109,15 +117,12 @@ def source_dependence(hyps: Sequence[str], refs: Sequence[str], n_bootstrap: int
     ``source_dependence_ci95`` (2.5 and 97.5 percentiles: the same resampled lines score both) and
     ``source_dependence_p_value`` (one-sided, that the dependence is not above 0)."""
     _check(hyps, refs, "source dependence")
-    other = [refs[j] for j in derangement(len(refs))]
-    metric, own = _chrf_stats(hyps, refs)
-    _, deranged = _chrf_stats(hyps, other)
-    chrf = lambda stats: float(metric._compute_score_from_stats(list(stats.sum(axis=0))).score)  # noqa: E731
-    out = {"chrf_deranged": chrf(deranged), "source_dependence": chrf(own) - chrf(deranged)}
+    own, deranged = _chrf_stats(hyps, refs), _chrf_stats(hyps, _deranged(refs))
+    out = {"chrf_deranged": _corpus_chrf(deranged), "source_dependence": _corpus_chrf(own) - _corpus_chrf(deranged)}
     if n_bootstrap > 1:
         rng = np.random.default_rng(seed)
         samples = rng.integers(0, len(refs), size=(n_bootstrap, len(refs)))
-        diffs = np.array([chrf(own[s]) - chrf(deranged[s]) for s in samples])
+        diffs = np.array([_corpus_chrf(own[s]) - _corpus_chrf(deranged[s]) for s in samples])
         out["source_dependence_ci95"] = [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
         out["source_dependence_p_value"] = float((1 + np.sum(diffs <= 0)) / (1 + n_bootstrap))
     return out
@@ -125,9 +130,7 @@ def source_dependence(hyps: Sequence[str], refs: Sequence[str], n_bootstrap: int
 
 def reference_floor(refs: Sequence[str]) -> dict:
     """The references scored against the same derangement: what Tibetan unrelated to the source reaches."""
-    other = [refs[j] for j in derangement(len(refs))]
-    metric, stats = _chrf_stats(other, refs)
-    return {"chrf": float(metric._compute_score_from_stats(list(stats.sum(axis=0))).score), "lines": len(refs),
+    return {"chrf": _corpus_chrf(_chrf_stats(_deranged(refs), refs)), "lines": len(refs),
             "derangement": "line i against the reference of line i + n//2 (mod n)"}
 
 

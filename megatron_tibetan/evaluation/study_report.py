@@ -146,11 +146,18 @@ def _token_counts(spec, lines: list[str]) -> list[int]:
     return [len(ids) for ids in tok([normalize(x) for x in lines], add_special_tokens=False)["input_ids"]]
 
 
+def _by_lang(sets: dict) -> dict:
+    """An arm's perplexity sets by language (named after their files: flores200.dev.zh -> zh); ``bo`` is the
+    Tibetan one (the only set of a run that scored one file)."""
+    by_lang = {Path(name).suffix.lstrip("."): v for name, v in sets.items()}
+    return {"bo": by_lang.get("bo", next(iter(sets.values()))), **by_lang}
+
+
 def _bits_per_byte(sets: dict) -> dict:
     """An arm's bits per byte and perplexity on the Tibetan set, and ``bits_per_byte_zh``/``_en`` on the base
-    model's languages where they were scored (the sets are named after their files: flores200.dev.zh)."""
-    by_lang = {Path(name).suffix.lstrip("."): v for name, v in sets.items()}
-    bo = by_lang.get("bo", next(iter(sets.values())))
+    model's languages where they were scored."""
+    by_lang = _by_lang(sets)
+    bo = by_lang["bo"]
     return {"bits_per_byte": bo["bits_per_byte"], "perplexity": bo["perplexity"],
             **{f"bits_per_byte_{lang}": by_lang[lang]["bits_per_byte"] for lang in SOURCE_LANGS if lang in by_lang}}
 
@@ -276,8 +283,7 @@ def write_report(out: Path, size: dict, records: list[dict], seconds_this_run: f
     out = Path(out)
     tok = {w: _fertility(p) for w, p in fertility.items()}
     bpb_sets = _load(bpb)["models"]
-    bpb_by_model = {m: _bits_per_byte(sets) for m, sets in bpb_sets.items()}
-    bo_set = {m: next((v for k, v in sets.items() if k.endswith(".bo")), next(iter(sets.values()))) for m, sets in bpb_sets.items()}
+    bo_set = {m: _by_lang(sets)["bo"] for m, sets in bpb_sets.items()}
     tr = {d: _load(translation[d]) for d in DIRECTIONS}
     ref_lines = {d: read_lines(references[d]) for d in DIRECTIONS}
     lines_n = len(ref_lines["zh-bo"])
@@ -293,7 +299,7 @@ def write_report(out: Path, size: dict, records: list[dict], seconds_this_run: f
         "tokenizer": tok,
         "vocabulary": _vocabulary(tok, size, models, training, ref_tokens, lines_n),
         "models": models,
-        "init": {"description": ARM_TEXT["init"], **bpb_by_model["init"]},
+        "init": {"description": ARM_TEXT["init"], **_bits_per_byte(bpb_sets["init"])},
         "bits_per_byte_set": {"lines": bo_set["base"]["documents"], "bytes": bo_set["base"]["bytes"]},
         "references": {d: show(references[d]) for d in DIRECTIONS},
         "reference_floor": {d: next(iter(tr[d].get("reference_floor", {}).values()), None) for d in DIRECTIONS},
@@ -302,7 +308,7 @@ def write_report(out: Path, size: dict, records: list[dict], seconds_this_run: f
         "training": {arm: {k: v for k, v in t.items() if k != "loss"} | {"loss": t["loss"]} for arm, t in training.items()},
         "data": {"cpt": _load(cpt_stats), "sft": _load(sft_stats)},
         "layers": layer_summary,
-        "checks": _checks(models, bpb_by_model["init"]["bits_per_byte"]),
+        "checks": _checks(models, bo_set["init"]["bits_per_byte"]),
         "stages": records,
     }
     write_json(data, out / "report.json")
