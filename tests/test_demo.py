@@ -6,6 +6,7 @@ files re-scored by plain sacrebleu, and a rerun that skips every stage."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import sacrebleu
 
-from megatron_tibetan.study.recipe import TINY
+from megatron_tibetan.study.recipe import MAX_LENGTH_RATIO, TINY
 from megatron_tibetan.study.runner import Stage, StageFailed, run_stages
 from megatron_tibetan.text import normalize, segment_for_bleu
 
@@ -109,8 +110,11 @@ def test_runner_measures_each_stage_and_runs_single_threaded_ones_side_by_side(t
 
 # --- the whole study at tiny size ---------------------------------------------------------------------------------
 
+REPLAY = 0.25  # the tiny study mixes zh/en text into CPT, so the blended-dataset path runs end to end too
+
+
 def _demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "tools/demo.py", "--tiny", "--output", str(out), *extra], cwd=ROOT,
+    return subprocess.run([sys.executable, "tools/demo.py", "--tiny", "--replay", str(REPLAY), "--output", str(out), *extra], cwd=ROOT,
                           capture_output=True, text=True, timeout=1800)
 
 
@@ -144,9 +148,16 @@ def test_tiny_study_report_structure(tiny_study, shared_data):
             e = m[d]
             lo, hi = e["chrf_ci95"]
             assert 0 <= lo <= hi <= 100 and 0 <= e["chrf"] <= 100 and 0 <= e["bleu_syllable"] <= 100
-            assert len(_path(e["hyp"]).read_text(encoding="utf-8").splitlines()) == n == e["lines"]
+            hyps = _path(e["hyp"]).read_text(encoding="utf-8").splitlines()
+            assert len(hyps) == n == e["lines"]
+            # every output within its length limit, set by its own source line
+            lang = d.split("-")[0]
+            assert e["max_length_ratio"] == MAX_LENGTH_RATIO[lang] and e["length_ratio"] >= 0
+            sources = (shared_data / "eval" / f"flores200.dev.{lang}").read_text(encoding="utf-8").splitlines()[:n]
+            assert all(len(h) <= math.ceil(MAX_LENGTH_RATIO[lang] * len(normalize(src))) for h, src in zip(hyps, sources))
     refs = report["references"]
     flores = (shared_data / "eval" / "flores200.dev.bo").read_text(encoding="utf-8").splitlines()[:n]
+    assert set(report["reference_tibetan_share"]) == {"zh-bo", "en-bo"}
     for d in ("zh-bo", "en-bo"):
         assert _path(refs[d]).read_text(encoding="utf-8").splitlines() == flores
     for which in ("base", "extended"):
@@ -160,11 +171,16 @@ def test_tiny_study_report_structure(tiny_study, shared_data):
             s = report["significance"][d][f"cpt_sft_vs_{other}"]["chrf"]
             assert 0 <= s["p_value"] <= 1 and s["cpt_sft"] == pytest.approx(report["models"]["cpt_sft"][d]["chrf"])
     keys = [r["key"] for r in report["stages"]]
-    assert keys[:2] == ["tiny_model", "tokenizer"] and {"cpt", "sft", "cpt_sft", "eval_zh", "eval_en"} <= set(keys)
+    assert keys[:2] == ["tiny_model", "tokenizer"] and {"cpt", "sft", "cpt_sft", "eval_zh", "eval_en", "replay_data"} <= set(keys)
+    # replay: the CPT stage read the blend, and its log says the zh/en dataset was in it
+    cpt = next(r for r in report["stages"] if r["key"] == "cpt")
+    assert report["size"]["replay"] == REPLAY and f"data.weights=[{1 - REPLAY:g},{REPLAY:g}]" in cpt["command"]
+    assert f"{REPLAY:.0%} {out}/data/replay_zh_en_text_document" in (out / "logs" / "cpt.log").read_text()
     assert all(r["command"] and r["seconds"] > 0 and r["peak_rss_mib"] > 0 for r in report["stages"])
     md = (out / "report.md").read_text(encoding="utf-8")
     for needle in ("cpt_sft vs sft", "bits per byte", "python -m megatron_tibetan.train --config configs/sft/smollm2-135m.yaml",
-                   "tools/extend_tokenizer.py", "p = "):
+                   "tools/extend_tokenizer.py", "p = ", "### Against published levels", "NLLB-200 1.3B", "beyond length",
+                   "Replay: 25% of the CPT samples"):
         assert needle in md
     for png in ("bits_per_byte.png", "translation.png", "fertility.png", "training_loss.png"):
         assert (out / png).stat().st_size > 1000
@@ -195,6 +211,13 @@ def test_tiny_study_hypotheses_rescore_with_sacrebleu(tiny_study):
             assert m[d]["chrf_deranged"] == pytest.approx(deranged, abs=1e-9)
             assert m[d]["source_dependence"] == pytest.approx(m[d]["chrf"] - deranged, abs=1e-9)
             assert report["reference_floor"][d]["chrf"] == pytest.approx(sacrebleu.corpus_chrf(other, [refs]).score, abs=1e-9)
+            # the length-only control: line i + n/4's reference at each hypothesis's length
+            n = len(refs)
+            control = [(refs[(i + n // 4) % n] * (len(h) // max(1, len(refs[(i + n // 4) % n])) + 1))[: len(h)]
+                       for i, h in enumerate(hyps)]
+            length_only = sacrebleu.corpus_chrf(control, [refs]).score - sacrebleu.corpus_chrf(control, [other]).score
+            assert m[d]["source_dependence_length_only"] == pytest.approx(length_only, abs=1e-9)
+            assert m[d]["source_dependence_beyond_length"] == pytest.approx(m[d]["source_dependence"] - length_only, abs=1e-9)
             scored += m[d]["chrf"] > 0
     assert scored > 0, "every chrF is 0: the comparison would not test anything"
 
@@ -214,6 +237,24 @@ def test_tiny_study_rerun_skips_every_stage(tiny_study):
     after = json.loads((out / "report.json").read_text())
     assert after["models"] == before["models"] and after["seconds"] == before["seconds"]
     assert all(r["skipped"] for r in after["stages"])
+
+
+def test_length_limit_is_the_sft_pairs_99th_percentile(shared_data):
+    """The study's length limit per source language is the 99th percentile of NTREX-128's Tibetan/source
+    character ratio (normalised), rounded up to a whole number of characters."""
+    import lzma
+
+    import numpy as np
+
+    def lines(path):
+        with lzma.open(path, "rt", encoding="utf-8") as f:
+            return [normalize(x.rstrip("\n")) for x in f]
+
+    bo = lines(shared_data / "parallel" / "ntrex128.bo.xz")
+    for lang, ratio in MAX_LENGTH_RATIO.items():
+        src = lines(shared_data / "parallel" / f"ntrex128.{lang}.xz")
+        p99 = np.percentile([len(b) / len(s) for b, s in zip(bo, src) if b and s], 99)
+        assert ratio == math.ceil(p99)
 
 
 def test_demo_without_shared_data_is_one_line(tmp_path):

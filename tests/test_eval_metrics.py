@@ -78,3 +78,19 @@ def test_intervals_on_hypotheses_that_often_share_nothing(flores_bo):
         low, high = out[f"{key}_ci95"]
         assert 0.0 <= low <= out[key] <= high <= 100.0
     assert out["chrf"] < 50
+
+
+def test_length_alone_is_not_taken_for_following_the_source(shared_data):
+    """One syllable repeated to each reference's length scores source dependence above 0 (p < 0.05) by its
+    lengths alone; the length-only control takes that away. A copy of the references keeps it all."""
+    from megatron_tibetan.evaluation.metrics import source_dependence
+
+    refs = (shared_data / "eval" / "flores200.dev.bo").read_text(encoding="utf-8").splitlines()[:100]
+    loop = [("བཀྲ་ཤིས་" * 100)[: len(normalize(r))] for r in refs]
+    looping = source_dependence(loop, refs, n_bootstrap=200)
+    assert looping["source_dependence"] > 0 and looping["source_dependence_p_value"] < 0.05
+    assert looping["source_dependence_length_only"] > 0
+    assert looping["source_dependence_beyond_length"] < 0 and looping["source_dependence_beyond_length_p_value"] > 0.5
+    copy = source_dependence(refs, refs, n_bootstrap=200)
+    assert copy["source_dependence_beyond_length"] > 50 and copy["source_dependence_beyond_length_p_value"] < 0.01
+    assert "source_dependence_length_only" not in source_dependence(refs[:3], refs[:3], n_bootstrap=0)

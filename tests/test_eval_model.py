@@ -1,6 +1,7 @@
 """Model-based evaluation on a tiny random Llama: perplexity and bits per byte against an independent
 computation from transformers logits; batched chat-template translation."""
 
+import copy
 import math
 
 import pytest
@@ -106,3 +107,36 @@ def test_batched_translation_equals_one_by_one(tiny, shared_data):
         assert hyp == " ".join(tok.decode(out, skip_special_tokens=True).split())
     beams = translate(model, encoder, sources, "zh", num_beams=2, batch_size=2, max_new_tokens=6, progress=False)
     assert len(beams) == 3
+
+
+def test_length_cap_from_the_source(tiny, shared_data):
+    """A cap of ratio x source characters gives each line what uncapped greedy output cut at its own cap
+    gives, and stops generating early (checked by a step count)."""
+    from megatron_tibetan.data.chat import ChatEncoder
+    from megatron_tibetan.evaluation.translate import character_caps, translate
+
+    model, tok = copy.deepcopy(tiny[0]), tiny[1]
+    with torch.no_grad():  # the random model's greedy choice is a newline, which leaves nothing to cut: take it away
+        model.get_output_embeddings().weight[tok.convert_tokens_to_ids("Ċ")] = 0
+    encoder = ChatEncoder(tok)
+    sources = (shared_data / "eval" / "flores200.dev.en").read_text(encoding="utf-8").splitlines()[:4]
+    sources[0], sources[2] = sources[0][:6], sources[2][:15]  # short lines meet their cap before the token budget
+    ratio = 0.5
+    caps = character_caps(sources, ratio)
+    assert caps == [max(1, math.ceil(ratio * len(normalize(s)))) for s in sources]
+    free = translate(model, encoder, sources, "en", batch_size=4, max_new_tokens=40, progress=False)
+    calls = []
+    original = model.forward
+    model.forward = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        capped = translate(model, encoder, sources, "en", batch_size=4, max_new_tokens=40, progress=False, max_length_ratio=ratio)
+    finally:
+        del model.forward
+    # the random model writes past every cap in 40 tokens (checked, so the test can fail), and stops early once all are met
+    assert all(len(" ".join(f.split())) > c for f, c in zip(free, caps))
+    assert capped == [" ".join(f[:c].split()) for f, c in zip(free, caps)]
+    assert len(calls) < 40
+    beams = translate(model, encoder, sources, "en", num_beams=2, batch_size=4, max_new_tokens=12, progress=False, max_length_ratio=ratio)
+    assert all(len(b) <= c for b, c in zip(beams, caps))
+    with pytest.raises(ValueError, match="positive"):
+        character_caps(sources, 0)

@@ -52,6 +52,19 @@ def test_score_existing_translations(shared_data, tmp_path):
         assert m["chrf_deranged"] == pytest.approx(plain) and m["source_dependence"] == pytest.approx(m["chrf"] - plain)
     assert same["source_dependence"] > 50 and same["source_dependence_p_value"] < 0.01
     assert worse["source_dependence_ci95"][0] < 0 < worse["source_dependence_ci95"][1]
+    # the length-only control: another line's reference at each hypothesis's length, re-scored with plain sacrebleu
+    from megatron_tibetan.evaluation.metrics import length_only_text
+
+    own_refs = [normalize(r) for r in lines]
+    for name, hyp_lines in (("same", lines), ("shuffled", shuffled)):
+        m = got["models"][name][ref.name]
+        control = length_only_text(hyp_lines, lines)
+        assert [len(c) for c in control] == [len(normalize(h)) for h in hyp_lines]
+        assert all(c != r and c != o for c, r, o in zip(control, own_refs, other))
+        plain = sacrebleu.corpus_chrf(control, [own_refs]).score - sacrebleu.corpus_chrf(control, [other]).score
+        assert m["source_dependence_length_only"] == pytest.approx(plain)
+        assert m["source_dependence_beyond_length"] == pytest.approx(m["source_dependence"] - plain)
+        assert m["length_ratio"] == pytest.approx(sum(map(len, map(normalize, hyp_lines))) / sum(map(len, own_refs)))
     floor = got["reference_floor"][ref.name]
     assert floor["chrf"] == pytest.approx(sacrebleu.corpus_chrf(other, [[normalize(r) for r in lines]]).score)
     assert "Does the output follow its source?" in (tmp_path / "out" / "report.md").read_text()
@@ -69,8 +82,9 @@ def test_evaluate_a_model(tiny_llama_dir, shared_data, tmp_path):
     _tool("evaluate")(["--model", f"tiny={tiny_llama_dir}", "--ppl", str(ev / "tatoeba.bo-en.bo"),
                        "--translate", f"en={ev / 'tatoeba.bo-en.en'}", "--ref", str(ev / "tatoeba.bo-en.bo"),
                        "--limit", "4", "--beams", "1,2", "--max-new-tokens", "4", "--bootstrap", "20",
-                       "--output", str(out)])
+                       "--max-length-ratio", "en=3", "--output", str(out)])
     got = json.loads((out / "metrics.json").read_text())["models"]["tiny"]
+    assert got["en-bo.greedy"]["max_length_ratio"] == 3.0 and got["en-bo.greedy"]["max_new_tokens"] == 4
     ppl = got["tatoeba.bo-en.bo"]
     assert ppl["documents"] == 4 and ppl["start_token"] == "<|im_end|>" and ppl["perplexity"] > 1 and ppl["bits_per_byte"] > 0
     for decode in ("greedy", "beam2"):
@@ -78,6 +92,11 @@ def test_evaluate_a_model(tiny_llama_dir, shared_data, tmp_path):
         hyp = (out / f"tiny.en-bo.{decode}.hyp").read_text(encoding="utf-8")
         assert hyp.count("\n") == 4
     assert "## Perplexity" in (out / "report.md").read_text()
+    # a length ratio for a language not translated, or without --translate, cannot take effect: an error
+    for bad in (["--translate", f"en={ev / 'tatoeba.bo-en.en'}", "--ref", str(ev / "tatoeba.bo-en.bo"), "--max-length-ratio", "zh=6"],
+                ["--ppl", str(ev / "tatoeba.bo-en.bo"), "--max-length-ratio", "2"],
+                ["--translate", f"en={ev / 'tatoeba.bo-en.en'}", "--ref", str(ev / "tatoeba.bo-en.bo"), "--max-length-ratio", "en=x"]):
+        assert _tool("evaluate")(["--model", str(tiny_llama_dir), "--output", str(tmp_path / "bad"), *bad]) == 1
     assert (out / "translation.png").is_file() and (out / "bits_per_byte.png").is_file()
 
 

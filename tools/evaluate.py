@@ -21,15 +21,34 @@ from megatron_tibetan.evaluation.run import evaluate, score_files
 from megatron_tibetan.text.readers import InputError
 
 
-def _translations(spec: str | None) -> dict[str, str]:
+def _per_language(spec: str | None, flag: str, example: str) -> dict[str, str]:
+    """{LANG: VALUE} from "LANG=VALUE[,LANG=VALUE]"."""
     out = {}
     for item in (spec or "").split(","):
         if item:
-            lang, sep, path = item.partition("=")
+            lang, sep, value = item.partition("=")
             if not sep:
-                raise ValueError(f"--translate: {item!r} is not LANG=FILE (e.g. zh=flores200.dev.zh)")
-            out[lang] = path
+                raise ValueError(f"{flag}: {item!r} is not LANG=VALUE (e.g. {example})")
+            out[lang] = value
     return out
+
+
+def _length_ratios(spec: str | None, languages) -> dict[str, float] | None:
+    """--max-length-ratio: one number for every source language, or LANG=R per language (each translated
+    language needs one, and none may be given for a language not translated)."""
+    if spec is None:
+        return None
+    if not languages:
+        raise ValueError("--max-length-ratio limits translations, and no --translate is given")
+    try:
+        if "=" not in spec:
+            return {lang: float(spec) for lang in languages}
+        ratios = {lang: float(r) for lang, r in _per_language(spec, "--max-length-ratio", "zh=6,en=2").items()}
+    except ValueError as e:
+        raise ValueError(f"--max-length-ratio {spec!r}: {e}") from None
+    if set(ratios) != set(languages):
+        raise ValueError(f"--max-length-ratio names {sorted(ratios)} but --translate gives {sorted(languages)}")
+    return ratios
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, help="perplexity window in tokens (default: the model's context, at most 2048)")
     p.add_argument("--stride", type=int, help="sliding-window step in tokens (default: half the window)")
     p.add_argument("--batch-size", type=int, default=8, help="sentences per generation batch; perplexity packs batch-size x 1024 tokens")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=256, help="the most tokens any translation may have")
+    p.add_argument("--max-length-ratio", metavar="R|LANG=R,...",
+                   help="stop each translation at R characters per character of its source (normalised), one R for "
+                        "all or one per source language; e.g. the 99th percentile of the training pairs' length ratio")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals and paired tests")
     p.add_argument("--tokenizer", help="tokenizer spec when the model directory has none")
     p.add_argument("--device", default="cpu")
@@ -76,10 +98,12 @@ def run(a: argparse.Namespace) -> None:
     if a.hyp:
         score_files(a.hyp, a.ref, a.output, a.bootstrap, a.limit)
     else:
+        translations = _per_language(a.translate, "--translate", "zh=flores200.dev.zh")
         evaluate(
-            named_paths(a.model, "--model"), a.output, ppl_files=a.ppl, translations=_translations(a.translate), ref=a.ref,
+            named_paths(a.model, "--model"), a.output, ppl_files=a.ppl, translations=translations, ref=a.ref,
             beams=tuple(int(b) for b in a.beams.split(",")), limit=a.limit, whole_file=a.whole_file,
             max_length=a.max_length, stride=a.stride, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
+            max_length_ratio=_length_ratios(a.max_length_ratio, translations),
             n_bootstrap=a.bootstrap, tokenizer=a.tokenizer, device=a.device, dtype=a.dtype,
             template=a.template, chat_template=a.chat_template, phrasings=a.phrasings,
         )

@@ -128,7 +128,11 @@ def build_datasets(cfg, train_samples: int, valid_samples: int, seed: int, token
     held_out = cfg.validation.paths
     want_valid = cfg.validation.interval is not None or cfg.validation.at_start
     split_valid = valid_samples if want_valid and not held_out else None
-    train, valid, _ = _build(_gpt_config((prefixes, weights), cfg.data.split, **common), [train_samples, split_valid, None])
+    # megatron-core refuses a weighted blend with a split of size None: a split nobody reads is asked for 0
+    unused = 0 if weights else None
+    sizes = [train_samples, unused if split_valid is None else split_valid, unused]
+    train, valid, _ = _build(_gpt_config((prefixes, weights), cfg.data.split, **common), sizes)
+    valid = valid if split_valid is not None else None
     if train is None:
         raise ConfigError(f"data.split {cfg.data.split!r} leaves no training documents")
     if want_valid and held_out:
@@ -160,6 +164,7 @@ class MicroBatches:
             raise StopIteration
         self.consumed_samples += self.micro_batch_size * self.dp_size
         samples = [self.dataset[i] for i in indices]
-        batch = {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
+        # a blend adds each sample's "dataset_id", a numpy integer
+        batch = {key: torch.stack([torch.as_tensor(s[key]) for s in samples]) for key in samples[0]}
         batch["sample_indices"] = torch.tensor(list(indices))
         return batch

@@ -20,6 +20,14 @@ about 22 against FLORES references, because syllables, particles and the tsheg r
 difference, with a paired bootstrap interval and p-value; a model that ignores its source scores about 0
 there, whatever its chrF. :func:`reference_floor` is the references themselves scored that way: the chrF of
 Tibetan that has nothing to do with the source.
+
+Length alone earns some source dependence: an output whose length follows its source (a length cap does
+that to a model that never stops) matches its own reference's character counts better than another's. The
+**length-only control** (:func:`length_only_text`) is Tibetan unrelated to both references, another line's
+reference cut or repeated to each hypothesis's length; its source dependence is what the hypotheses' lengths
+alone give, and ``source_dependence_beyond_length`` (with its paired interval and p-value) is what the
+content adds. On the first 100 FLORES dev lines, unrelated Tibetan of exactly each reference's length scores
++3.1 (p = 0.005), one syllable repeated to that length +1.0.
 """
 
 from __future__ import annotations
@@ -71,8 +79,8 @@ def _check(hyps: Sequence[str], refs: Sequence[str], where: str) -> None:
 
 
 def score(hyps: Sequence[str], refs: Sequence[str], n_bootstrap: int = 1000, where: str = "translations") -> dict:
-    """{key: score, key_ci95: [low, high], ..., signatures: {key: sacrebleu signature}, lines: n}, and the
-    source dependence of the chrF (:func:`source_dependence`) when there are at least two lines."""
+    """{key: score, key_ci95: [low, high], ..., signatures: {key: sacrebleu signature}, lines: n,
+    length_ratio: characters of output per character of reference}, and the source dependence of the chrF (:func:`source_dependence`) when there are at least two lines."""
     _check(hyps, refs, where)
     out: dict = {"lines": len(refs), "signatures": {}}
     for key, (make, view) in METRICS.items():
@@ -82,6 +90,7 @@ def score(hyps: Sequence[str], refs: Sequence[str], n_bootstrap: int = 1000, whe
         if n_bootstrap > 1:
             out[f"{key}_ci95"] = _interval(result._mean, result._ci)
         out["signatures"][key] = str(metric.get_signature())
+    out["length_ratio"] = sum(len(normalize(h)) for h in hyps) / max(1, sum(len(normalize(r)) for r in refs))
     if len(refs) > 1:
         out.update(source_dependence(hyps, refs, n_bootstrap))
     return out
@@ -110,21 +119,52 @@ def _corpus_chrf(stats: np.ndarray) -> float:
     return float(_CHRF()._compute_score_from_stats(list(stats.sum(axis=0))).score)
 
 
+def length_only_text(hyps: Sequence[str], refs: Sequence[str]) -> list[str]:
+    """The length-only control: for line i, the reference of line i + n//4 (mod n), neither i's own nor its
+    deranged one, cut or repeated to the normalised length of hypothesis i. Needs at least 4 lines."""
+    n = len(refs)
+    if n < 4:
+        raise ValueError(f"the length-only control needs at least 4 lines, got {n}")
+    out = []
+    for i, h in enumerate(hyps):
+        other, length = normalize(refs[(i + n // 4) % n]), len(normalize(h))
+        out.append((other * (length // max(1, len(other)) + 1))[:length])
+    return out
+
+
+def _dependence(own: np.ndarray, deranged: np.ndarray, rows=slice(None)) -> float:
+    return _corpus_chrf(own[rows]) - _corpus_chrf(deranged[rows])
+
+
+def _bootstrap(out: dict, key: str, diffs: np.ndarray) -> None:
+    """``key_ci95`` (2.5 and 97.5 percentiles) and ``key_p_value`` (one-sided, that it is not above 0)."""
+    out[f"{key}_ci95"] = [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
+    out[f"{key}_p_value"] = float((1 + np.sum(diffs <= 0)) / (1 + len(diffs)))
+
+
 def source_dependence(hyps: Sequence[str], refs: Sequence[str], n_bootstrap: int = 1000, seed: int = 12345) -> dict:
     """chrF of ``hyps`` against their own references minus against the deranged ones (:func:`derangement`).
 
-    Returns ``chrf_deranged``, ``source_dependence``, and with ``n_bootstrap > 1`` its paired bootstrap
-    ``source_dependence_ci95`` (2.5 and 97.5 percentiles: the same resampled lines score both) and
-    ``source_dependence_p_value`` (one-sided, that the dependence is not above 0)."""
+    Returns ``chrf_deranged``, ``source_dependence``; from 4 lines on also the length-only control's
+    (:func:`length_only_text`) ``source_dependence_length_only`` and ``source_dependence_beyond_length`` (the
+    hypotheses' minus the control's). With ``n_bootstrap > 1`` each difference gets its paired bootstrap
+    ``_ci95`` and one-sided ``_p_value`` (the same resampled lines score every term)."""
     _check(hyps, refs, "source dependence")
-    own, deranged = _chrf_stats(hyps, refs), _chrf_stats(hyps, _deranged(refs))
-    out = {"chrf_deranged": _corpus_chrf(deranged), "source_dependence": _corpus_chrf(own) - _corpus_chrf(deranged)}
+    deranged_refs = _deranged(refs)
+    own, deranged = _chrf_stats(hyps, refs), _chrf_stats(hyps, deranged_refs)
+    out = {"chrf_deranged": _corpus_chrf(deranged), "source_dependence": _dependence(own, deranged)}
+    control = None
+    if len(refs) >= 4:
+        text = length_only_text(hyps, refs)
+        control = _chrf_stats(text, refs), _chrf_stats(text, deranged_refs)
+        out["source_dependence_length_only"] = _dependence(*control)
+        out["source_dependence_beyond_length"] = out["source_dependence"] - out["source_dependence_length_only"]
     if n_bootstrap > 1:
-        rng = np.random.default_rng(seed)
-        samples = rng.integers(0, len(refs), size=(n_bootstrap, len(refs)))
-        diffs = np.array([_corpus_chrf(own[s]) - _corpus_chrf(deranged[s]) for s in samples])
-        out["source_dependence_ci95"] = [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
-        out["source_dependence_p_value"] = float((1 + np.sum(diffs <= 0)) / (1 + n_bootstrap))
+        samples = np.random.default_rng(seed).integers(0, len(refs), size=(n_bootstrap, len(refs)))
+        diffs = np.array([_dependence(own, deranged, s) for s in samples])
+        _bootstrap(out, "source_dependence", diffs)
+        if control is not None:
+            _bootstrap(out, "source_dependence_beyond_length", diffs - np.array([_dependence(*control, s) for s in samples]))
     return out
 
 

@@ -108,16 +108,21 @@ def metrics_report(metrics: dict, out: str | Path, significance: dict | None = N
                   "chrF on normalised text, chrF++ with syllables as words; [95% bootstrap interval].", ""]
         lines += markdown_table(["model", "set", "BLEU (syllable)", "BLEU (13a)", "chrF", "chrF++", "lines"], mt) + [""]
         dependence = [[m, s, f"{v['chrf']:.2f}", f"{v['chrf_deranged']:.2f}", _interval(v, "source_dependence"),
-                       _fmt(v.get("source_dependence_p_value"), 3)]
+                       _fmt(v.get("source_dependence_p_value"), 3), _fmt(v.get("source_dependence_length_only"), 2),
+                       _interval(v, "source_dependence_beyond_length") if "source_dependence_beyond_length" in v else "–",
+                       _fmt(v.get("source_dependence_beyond_length_p_value"), 3), f"{v['length_ratio']:.2f}"]
                       for m, sets in metrics.items() for s, v in sets.items() if "source_dependence" in v]
         if dependence:
             floors = "; ".join(f"{name}: chrF {f['chrf']:.2f} on {f['lines']} lines" for name, f in (reference_floor or {}).items())
             lines += ["### Does the output follow its source?", "",
                       "chrF against each line's own reference and against another line's (line i scored against the "
                       "reference of line i + n/2 mod n); their difference, the source dependence, is about 0 for output "
-                      "that ignores its source, whatever its chrF [95% paired bootstrap interval; one-sided p]. "
+                      "that ignores its source, whatever its chrF [95% paired bootstrap interval; one-sided p]. Length "
+                      "alone earns some: the length-only control (another line's reference cut to each output's length) "
+                      "scores what the outputs' lengths give, and 'beyond length' is what their content adds. "
                       + (f"The reference floor, the references scored the same way: {floors}." if floors else ""), ""]
-            lines += markdown_table(["model", "set", "chrF", "chrF vs other lines", "source dependence", "p"], dependence) + [""]
+            lines += markdown_table(["model", "set", "chrF", "chrF vs other lines", "source dependence", "p", "length only",
+                                     "beyond length", "p", "length / ref"], dependence) + [""]
         png = plots.metric_bars(metrics, METRIC_COLUMNS, out / "translation.png", "score (95% bootstrap interval)")
         lines += [f"![translation]({png.name})", ""]
     spread = [[m, s, v["mean"], v["stdev"], v["min"], v["max"], " ".join(f"{k}:{c:.2f}" for k, c in v["chrf"].items())]

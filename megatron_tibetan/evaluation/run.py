@@ -66,6 +66,7 @@ def evaluate(
     stride: int | None = None,
     batch_size: int = 8,
     max_new_tokens: int = 256,
+    max_length_ratio: dict[str, float] | None = None,
     n_bootstrap: int = 1000,
     tokenizer: str | None = None,
     device: str = "cpu",
@@ -76,7 +77,8 @@ def evaluate(
 ) -> dict:
     """Evaluate each model; write hypotheses, metrics.json and report.md into ``out``; return the metrics.
     ``template``/``chat_template`` (a Jinja file) as for ``tools/prepare_sft.py``: the template the model was
-    fine-tuned with. ``phrasings``: ``"0"`` (default), ``"all"`` or a comma-separated list of indices."""
+    fine-tuned with. ``phrasings``: ``"0"`` (default), ``"all"`` or a comma-separated list of indices.
+    ``max_length_ratio``: {source language: R}, each translation stops at R characters per source character."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     translations = translations or {}
@@ -103,13 +105,15 @@ def evaluate(
             results[name][set_name] = perplexity(model, tok, docs, max_length, stride, batch_tokens=batch_size * 1024).as_dict()
         encoder = ChatEncoder(tok, template, chat_template=template_text) if sources else None
         for lang, lines in sources.items():
+            ratio = (max_length_ratio or {}).get(lang)
             for b in beams:
                 for k in chosen[lang]:
                     set_name = translation_set(lang, b, k)
                     start, cpu = time.perf_counter(), time.process_time()
                     out_lines = translate(model, encoder, lines, lang, num_beams=b, batch_size=batch_size,
-                                          max_new_tokens=max_new_tokens, phrasing=k)
-                    timing = {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
+                                          max_new_tokens=max_new_tokens, phrasing=k, max_length_ratio=ratio)
+                    timing = {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu,
+                              "max_new_tokens": max_new_tokens, "max_length_ratio": ratio}
                     hyp_path(out, name, set_name).write_text("".join(h + "\n" for h in out_lines), encoding="utf-8")
                     hyps.setdefault(set_name, {})[name] = out_lines
                     results[name][set_name] = metrics.score(out_lines, refs, n_bootstrap, where=set_name) | timing

@@ -47,7 +47,17 @@ ARM_TEXT = {
 }
 LANG = {"zh-bo": "zh→bo", "en-bo": "en→bo"}
 # whether an output follows its source (evaluation.metrics.source_dependence), per arm and direction
-SOURCE_DEPENDENCE = ("chrf_deranged", "source_dependence", "source_dependence_ci95", "source_dependence_p_value")
+SOURCE_DEPENDENCE = ("chrf_deranged", "source_dependence", "source_dependence_ci95", "source_dependence_p_value",
+                     "source_dependence_length_only", "source_dependence_beyond_length",
+                     "source_dependence_beyond_length_ci95", "source_dependence_beyond_length_p_value")
+# published chrF into Tibetan, with the split each was measured on (ours is FLORES-200 dev: not the same lines)
+PUBLISHED = (
+    ("en-bo", "NLLB-200 1.3B", 32.4, "FLORES-200 devtest"),
+    ("en-bo", "NLLB-200 distilled 600M", 30.8, "FLORES-200 devtest"),
+    ("en-bo", "OPUS-MT (best)", 21.2, "FLORES-200 devtest"),
+    ("zh-bo", "OPUS-MT", 13.8, "FLORES-200 devtest"),
+    ("zh-bo", "the study's paper (arXiv 2512.03976)", 6.6, "its in-house test set"),
+)
 
 
 def _load(path: Path) -> dict:
@@ -173,6 +183,7 @@ def _arm_scores(arm: str, bpb: dict, translation: dict[str, Path], tr: dict, sho
         entry[d] = {"chrf": m["chrf"], "chrf_ci95": m["chrf_ci95"], "bleu_syllable": m["bleu_syllable"],
                     "bleu_syllable_ci95": m["bleu_syllable_ci95"], "chrf_pp": m["chrf_pp"], "bleu_default": m["bleu_default"],
                     "lines": m["lines"], "hyp": show(hyp), "tibetan_share": tibetan_ratio("\n".join(hyps)),
+                    "length_ratio": m.get("length_ratio"), "max_length_ratio": m.get("max_length_ratio"),
                     "seconds": m.get("seconds"), "cpu_seconds": m.get("cpu_seconds"),
                     "signature_chrf": m["signatures"]["chrf"],
                     **{k: m[k] for k in SOURCE_DEPENDENCE if k in m}}
@@ -302,6 +313,7 @@ def write_report(out: Path, size: dict, records: list[dict], seconds_this_run: f
         "init": {"description": ARM_TEXT["init"], **_bits_per_byte(bpb_sets["init"])},
         "bits_per_byte_set": {"lines": bo_set["base"]["documents"], "bytes": bo_set["base"]["bytes"]},
         "references": {d: show(references[d]) for d in DIRECTIONS},
+        "reference_tibetan_share": {d: tibetan_ratio("\n".join(ref_lines[d])) for d in DIRECTIONS},
         "reference_floor": {d: next(iter(tr[d].get("reference_floor", {}).values()), None) for d in DIRECTIONS},
         "significance": _significance(tr),
         "phrasings": _load(phrasings)["phrasings"].get("cpt_sft", {}) if phrasings else {},
@@ -354,7 +366,8 @@ def _md_arms(data: dict, size: dict) -> list[str]:
         "is tokenizer-independent (nats per UTF-8 byte of the same normalised text), so every row of that table is "
         "comparable; `init` separates what the larger vocabulary and its sub-token-mean rows give from what CPT "
         f"then learns. For translation every arm gets the same prompt (the first SFT phrasing, chat template) and the same "
-        f"budget of {voc['max_new_tokens']} new tokens. With SmolLM2's own tokenizer that budget holds less Tibetan: the "
+        f"limits: {_length_limit(models)}at most {voc['max_new_tokens']} new tokens. With SmolLM2's own tokenizer the token "
+        "limit holds less Tibetan: the "
         f"reference lines need {voc['reference_tokens_per_line']['base']:.0f} tokens on average with it against "
         f"{voc['reference_tokens_per_line']['extended']:.0f} with the extended one ({voc['reference_lines_within_cap']['base']:.0%} "
         f"vs {voc['reference_lines_within_cap']['extended']:.0%} of the lines fit the budget). The Tibetan share of `base`'s "
@@ -364,6 +377,15 @@ def _md_arms(data: dict, size: dict) -> list[str]:
         "",
     ]
     return md
+
+
+def _length_limit(models: dict) -> str:
+    """The length limit set by the source, in words, or '' when the run had none."""
+    ratios = {d: models["cpt_sft"][d].get("max_length_ratio") for d in DIRECTIONS}
+    if not all(ratios.values()):
+        return ""
+    return ("each output stops at " + " and ".join(f"{r:g} characters per source character ({LANG[d]})" for d, r in ratios.items())
+            + ", the 99th percentile of the SFT pairs' own length ratio, and ")
 
 
 def _md_vocabulary(data: dict, size: dict, figures: dict[str, str]) -> list[str]:
@@ -390,8 +412,8 @@ def _md_vocabulary(data: dict, size: dict, figures: dict[str, str]) -> list[str]
         f"lines takes {voc['reference_tokens_per_line']['base']:.0f} steps per line with the base vocabulary and "
         f"{voc['reference_tokens_per_line']['extended']:.0f} with the extended one; measured here, greedy decoding took "
         + ", ".join(f"{a} {gen[a]['zh-bo']['seconds_per_line']:.2f} s" for a in ARMS if gen[a]["zh-bo"]["seconds_per_line"])
-        + " per zh→bo line (all arms stop at the same token budget, so per line they cost about the same; the base "
-        "vocabulary would need the longer budget to write the same Tibetan).",
+        + " per zh→bo line (all arms stop at the same limits, so per line they cost about the same; the base "
+        "vocabulary would need a longer token limit to write the same Tibetan).",
         "",
     ]
     return md
@@ -430,9 +452,16 @@ def _md_translation(data: dict, size: dict, figures: dict[str, str], lines_n: in
         for a in ARMS:
             m = models[a][d]
             rows.append([LANG[d], a, _fmt_ci(m["chrf"], m["chrf_ci95"]), _fmt_ci(m["bleu_syllable"], m["bleu_syllable_ci95"]),
-                         f"{m['chrf_pp']:.2f}", f"{m['tibetan_share']:.0%}", f"`{m['hyp']}`"])
-    md += markdown_table(["direction", "arm", "chrF", "BLEU (syllables)", "chrF++", "Tibetan share of output", "hypotheses"], rows)
+                         f"{m['chrf_pp']:.2f}", f"{m['tibetan_share']:.0%}",
+                         f"{m['length_ratio']:.2f}" if m.get("length_ratio") is not None else "–", f"`{m['hyp']}`"])
+    md += markdown_table(["direction", "arm", "chrF", "BLEU (syllables)", "chrF++", "Tibetan share of output",
+                          "output / reference length", "hypotheses"], rows)
+    shares = data.get("reference_tibetan_share") or {}
+    if shares:
+        md += ["", "The references' own Tibetan share: " + ", ".join(f"{LANG[d]} {v:.0%}" for d, v in shares.items())
+               + " (lengths in characters of normalised text)."]
     md += _md_source_dependence(data)
+    md += _md_published(data)
     md += ["", f"![translation]({figures['translation']})", "", "### Paired significance (sacrebleu paired bootstrap, 1000 resamples)", ""]
     rows = []
     for d in DIRECTIONS:
@@ -472,19 +501,41 @@ def _md_translation(data: dict, size: dict, figures: dict[str, str], lines_n: in
 def _md_source_dependence(data: dict) -> list[str]:
     """Whether each arm's output follows its source, beside the floor unrelated Tibetan reaches."""
     models, floor = data["models"], data.get("reference_floor") or {}
-    rows = [[LANG[d], a, f"{models[a][d]['chrf']:.2f}", f"{models[a][d]['chrf_deranged']:.2f}",
-             _fmt_ci(models[a][d]["source_dependence"], models[a][d].get("source_dependence_ci95")),
-             f"{models[a][d]['source_dependence_p_value']:.3f}" if "source_dependence_p_value" in models[a][d] else "–"]
-            for d in DIRECTIONS for a in ARMS if "source_dependence" in models[a][d]]
+    def p_value(m: dict, key: str) -> str:
+        return f"{m[key]:.3f}" if key in m else "–"
+
+    rows = [[LANG[d], a, f"{m['chrf']:.2f}", f"{m['chrf_deranged']:.2f}",
+             _fmt_ci(m["source_dependence"], m.get("source_dependence_ci95")), p_value(m, "source_dependence_p_value"),
+             f"{m['source_dependence_length_only']:.2f}" if "source_dependence_length_only" in m else "–",
+             _fmt_ci(m["source_dependence_beyond_length"], m.get("source_dependence_beyond_length_ci95"))
+             if "source_dependence_beyond_length" in m else "–", p_value(m, "source_dependence_beyond_length_p_value")]
+            for d in DIRECTIONS for a in ARMS if "source_dependence" in (m := models[a][d])]
     if not rows:
         return []
     floors = ", ".join(f"{LANG[d]} {f['chrf']:.2f}" for d, f in floor.items() if f)
     return ["", "### Does the output follow its source?", "",
             "chrF against each line's own reference and against another line's (line i against the reference of "
             "line i + n/2 mod n); the difference is about 0 for output that ignores its source, whatever its chrF "
-            "[95% paired bootstrap interval; one-sided p]." + (f" The reference floor (the references scored the same "
-            f"way, Tibetan unrelated to the source): {floors}." if floors else ""), ""] + markdown_table(
-        ["direction", "arm", "chrF", "chrF vs other lines", "source dependence", "p"], rows)
+            "[95% paired bootstrap interval; one-sided p]. Length alone earns some of it (each output stops at a "
+            "length set by its source): the length-only control, another line's reference cut to each output's "
+            "length, scores what the lengths give, and 'beyond length' is what the outputs' content adds."
+            + (f" The reference floor (the references scored the same way, Tibetan unrelated to the source): {floors}."
+               if floors else ""), ""] + markdown_table(
+        ["direction", "arm", "chrF", "chrF vs other lines", "source dependence", "p", "length only", "beyond length", "p"], rows)
+
+
+def _md_published(data: dict) -> list[str]:
+    """Published chrF into Tibetan beside this run's best arm and the floor, each with its split."""
+    models, floor, n = data["models"], data.get("reference_floor") or {}, data["size"]["flores_lines"]
+    rows = [[LANG[d], name, f"{chrf:.1f}", split] for d, name, chrf, split in PUBLISHED]
+    for d in DIRECTIONS:
+        rows.append([LANG[d], "this run: cpt_sft", f"{models['cpt_sft'][d]['chrf']:.1f}", f"FLORES-200 dev, first {n} lines"])
+        if floor.get(d):
+            rows.append([LANG[d], "reference floor (unrelated Tibetan)", f"{floor[d]['chrf']:.1f}", f"FLORES-200 dev, first {n} lines"])
+    return ["", "### Against published levels", "",
+            "chrF (sacrebleu defaults) of published systems, each on the split it was measured on; devtest and dev "
+            "are different sentences, and the paper's own set is not public. Only systems above the floor write "
+            "Tibetan that follows its source by chrF alone.", ""] + markdown_table(["direction", "system", "chrF", "split"], rows)
 
 
 def _md_training(data: dict, size: dict, figures: dict[str, str]) -> list[str]:
@@ -493,7 +544,9 @@ def _md_training(data: dict, size: dict, figures: dict[str, str]) -> list[str]:
     md += [f"CPT data: {cpt_d['documents_out']:,} Nanhai documents, {cpt_d['tokens']:,} tokens. SFT data: "
            f"{sft_d['splits']['train']['examples']:,} NTREX-128 zh→bo and en→bo examples "
            f"({sft_d['splits']['train']['tokens']:,} tokens, {sft_d['splits']['train']['trained_tokens']:,} of them trained; "
-           f"FLORES dev lines excluded: {sft_d['dropped'].get('leak_exclude', 0)} dropped), packed into {size['sft_seq_length']}-token sequences.", ""]
+           f"FLORES dev lines excluded: {sft_d['dropped'].get('leak_exclude', 0)} dropped), packed into {size['sft_seq_length']}-token sequences."
+           + (f" Replay: {size['replay']:.0%} of the CPT samples were zh and en text (OpenPecha's zh and en sides), "
+              "against forgetting the base model's languages (their bits per byte above)." if size.get("replay") else ""), ""]
     rows = [[a, t["steps"], f"{t['loss_first']:.3f}", f"{t['loss_last']:.3f}",
              f"{t['step_seconds_median']:.1f}" if t["step_seconds_median"] else "–",
              f"{t['tokens_per_second_median']:.0f}" if t["tokens_per_second_median"] else "–"] for a, t in data["training"].items()]

@@ -1,4 +1,5 @@
-"""Batched translation into Tibetan with a chat template: greedy or beam search, stop on end of turn.
+"""Batched translation into Tibetan with a chat template: greedy or beam search, stop on end of turn, and
+optionally at a length set by the source line (characters of output per character of source).
 
 The prompt is built as SFT data builds a trained one: the conversation of
 :func:`megatron_tibetan.data.prompts.translation_messages` in the chosen phrasing, rendered with the
@@ -8,14 +9,39 @@ choice as ``tools/prepare_sft.py``: ``auto``, ``model``, ``plain`` or a Jinja te
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 from tqdm import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from megatron_tibetan.data.chat import END_OF_TURN, ChatEncoder  # end-of-turn tokens in the vocabulary stop generation
 from megatron_tibetan.data.prompts import translation_messages
 from megatron_tibetan.text import normalize
+
+
+class _CharacterCap(StoppingCriteria):
+    """A ``transformers`` stopping criterion: row r is done once its new tokens decode to at least ``caps[r]``
+    characters. Greedy output is a prefix of longer greedy output, so stopping there and cutting at the cap
+    gives what generating further and cutting would."""
+
+    def __init__(self, tokenizer, prompt_width: int, caps: list[int]):
+        self.tokenizer, self.width, self.caps = tokenizer, prompt_width, caps
+
+    def __call__(self, input_ids, scores, **kwargs):
+        texts = self.tokenizer.batch_decode(input_ids[:, self.width :], skip_special_tokens=True)
+        return torch.tensor([len(t) >= cap for t, cap in zip(texts, self.caps)], device=input_ids.device)
+
+
+def character_caps(sources: Sequence[str], ratio: float | None) -> list[int] | None:
+    """The most characters of output each source line allows: ``ratio`` times its normalised length
+    (at least 1); None without a ratio."""
+    if ratio is None:
+        return None
+    if ratio <= 0:
+        raise ValueError(f"the length ratio must be positive, got {ratio}")
+    return [max(1, math.ceil(ratio * len(normalize(text)))) for text in sources]
 
 
 def stop_ids(tokenizer) -> list[int]:
@@ -43,10 +69,14 @@ def translate(
     max_new_tokens: int = 256,
     progress: bool = True,
     phrasing: int = 0,
+    max_length_ratio: float | None = None,
 ) -> list[str]:
-    """One line of output per source line (newlines inside an output become spaces), in input order."""
+    """One line of output per source line (newlines inside an output become spaces), in input order.
+    ``max_length_ratio``: each output is cut at that many characters per character of its (normalised)
+    source; ``max_new_tokens`` still bounds every line."""
     tokenizer = encoder.tokenizer
     prompts = chat_inputs(encoder, sources, source_lang, phrasing)
+    caps = character_caps(sources, max_length_ratio)
     stops = stop_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
@@ -61,14 +91,16 @@ def translate(
         for r, i in enumerate(rows):  # left padding: every prompt ends where generation begins
             ids[r, width - len(prompts[i]) :] = torch.tensor(prompts[i])
             mask[r, width - len(prompts[i]) :] = 1
+        # beam search ranks whole beams, so there the cap only cuts the chosen output
+        stopping = StoppingCriteriaList([_CharacterCap(tokenizer, width, [caps[i] for i in rows])]) if caps and num_beams == 1 else None
         generated = model.generate(
             input_ids=ids.to(model.device), attention_mask=mask.to(model.device), max_new_tokens=max_new_tokens, num_beams=num_beams,
             do_sample=False, eos_token_id=stops, pad_token_id=pad, early_stopping=num_beams > 1,
-            temperature=None, top_p=None, top_k=None,
+            temperature=None, top_p=None, top_k=None, stopping_criteria=stopping,
         )
         for r, i in enumerate(rows):
             new = generated[r, width:].cpu().tolist()
             cut = next((k for k, t in enumerate(new) if t in stops), len(new))
             text = tokenizer.decode(new[:cut], skip_special_tokens=True)
-            outputs[i] = " ".join(text.split())
+            outputs[i] = " ".join((text[: caps[i]] if caps else text).split())
     return outputs

@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="run every stage again, even those already done")
     parser.add_argument("--flores-lines", type=int, help="FLORES-200 dev lines translated per direction "
                         f"(default {DEMO.flores_lines}; {TINY.flores_lines} with --tiny)")
+    parser.add_argument("--replay", type=float, default=0.0, metavar="SHARE",
+                        help="share of CPT samples drawn from zh/en text (OpenPecha's zh and en sides) instead of Tibetan, "
+                             "against forgetting the base model's languages (default 0)")
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args(argv)
     size = TINY if args.tiny else DEMO
@@ -29,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.flores_lines < 2:
             parser.error("--flores-lines: at least 2 lines (bootstrap intervals need several)")
         size = replace(size, flores_lines=args.flores_lines)
+    if not 0 <= args.replay < 1:
+        parser.error(f"--replay {args.replay}: a share of the CPT samples, at least 0 and below 1")
+    if args.replay:
+        size = replace(size, replay=args.replay)
     out = Path(args.output or ("runs/demo-tiny" if args.tiny else "runs/demo"))
     out = out if out.is_absolute() else ROOT / out
     if not (data_dir() / "README.md").is_file():

@@ -19,6 +19,12 @@ def data_dir() -> Path:
     return Path(os.environ.get("MEGATRON_TIBETAN_DATA") or ROOT.parent / "shared" / "data")
 
 
+# Each translation stops at this many characters per character of its source: the 99th percentile of the
+# Tibetan/source length ratio of the SFT pairs (NTREX-128: zh 5.93, en 1.92), rounded up. tests/test_demo.py
+# recomputes it.
+MAX_LENGTH_RATIO = {"zh": 6.0, "en": 2.0}
+
+
 @dataclass(frozen=True)
 class Size:
     """How much of everything a run uses."""
@@ -36,16 +42,18 @@ class Size:
     sft_seq_length: int  # pack length (examples longer than this are dropped, counted)
     flores_lines: int  # per direction, the first lines of FLORES-200 dev
     ppl_lines: int  # the first lines of the subset scored for bits per byte
-    max_new_tokens: int
+    max_new_tokens: int  # the token limit of every translation (MAX_LENGTH_RATIO sets the usual, shorter one)
     phrasing_lines: int  # the first lines of the subset that cpt_sft translates in every trained phrasing
     tiny_model: bool = False  # a random tiny Llama instead of SmolLM2-135M
     lr: float | None = None  # both stages' peak learning rate (None: the configs')
+    replay: float = 0.0  # share of CPT samples drawn from base-language (zh, en) text instead of Tibetan
+    replay_documents: int = 5000  # zh then en lines of the OpenPecha parallel files, preprocessed for replay
 
 
 # About 14 minutes of stages on an idle 2-core machine (measured figures in docs/study.md).
 DEMO = Size("demo", tokenizer_lines=30000, new_tokens=4000, documents=3000, cpt_iterations=24, cpt_global_batch=4,
             cpt_micro_batch=2, cpt_seq_length=256, sft_iterations=24, sft_global_batch=2, sft_seq_length=512,
-            flores_lines=40, ppl_lines=20, max_new_tokens=64, phrasing_lines=8)
+            flores_lines=40, ppl_lines=20, max_new_tokens=128, phrasing_lines=8)
 TINY = Size("tiny", tokenizer_lines=2000, new_tokens=200, documents=300, cpt_iterations=3, cpt_global_batch=2,
             cpt_micro_batch=2, cpt_seq_length=64, sft_iterations=3, sft_global_batch=2, sft_seq_length=256,
             flores_lines=6, ppl_lines=3, max_new_tokens=8, phrasing_lines=2, tiny_model=True, lr=3e-3)
@@ -67,6 +75,10 @@ class Paths:
     @property
     def cpt_data(self) -> Path:
         return self.out / "data" / "nanhai"
+
+    @property
+    def replay_data(self) -> Path:
+        return self.out / "data" / "replay_zh_en"
 
     @property
     def sft_data(self) -> Path:
@@ -101,7 +113,7 @@ def build_stages(size: Size, out: Path, seed: int = 1234) -> list[Stage]:
     d = {k: rel(v) for k, v in {
         "nanhai": data / "mono" / "nanhai.bo.txt.xz", "flores_bo": data / "eval" / "flores200.dev.bo",
         "flores_zh": data / "eval" / "flores200.dev.zh", "flores_en": data / "eval" / "flores200.dev.en",
-        "ntrex": data / "parallel" / "ntrex128"}.items()}
+        "ntrex": data / "parallel" / "ntrex128", "openpecha": data / "parallel" / "openpecha"}.items()}
     tok = rel(p.tokenizer)
     base = rel(p.base_model) if size.tiny_model else "smollm2"
     stages: list[Stage] = []
@@ -139,10 +151,25 @@ def build_stages(size: Size, out: Path, seed: int = 1234) -> list[Stage]:
                "--output", rel(p.checkpoints("init"))],
               outputs=[p.checkpoints("init") / "model.json"], needs=["tokenizer"] + (["tiny_model"] if size.tiny_model else []),
               threads=1, clean=[p.checkpoints("init")]),
+    ]
+    cpt_paths, replay = f"[{rel(p.cpt_data)}_text_document]", []
+    if size.replay:
+        # base-language text mixed into the Tibetan stream (megatron-core's blended dataset): the zh and en sides
+        # of OpenPecha's parallel files, which neither SFT nor the evaluation uses
+        replay = [f"data.weights=[{1 - size.replay:g},{size.replay:g}]"]
+        cpt_paths = f"[{rel(p.cpt_data)}_text_document,{rel(p.replay_data)}_text_document]"
+        stages.append(Stage(
+            "replay_data", f"replay data: the first {size.replay_documents:,} lines of OpenPecha zh, then en -> indexed dataset",
+            [py, "tools/preprocess_data.py", "--input", f"{d['openpecha']}.bo-zh.zh.xz", f"{d['openpecha']}.bo-en.en.xz",
+             "--output-prefix", rel(p.replay_data), "--tokenizer", tok, "--append-eod", "--min-tibetan-ratio", "0",
+             "--workers", "1", "--limit", str(size.replay_documents), "--no-progress"],
+            outputs=[Path(f"{p.replay_data}_text_document.bin")], needs=["tokenizer"], threads=1))
+    stages += [
         Stage("cpt", f"stage 1, continual pretraining on Tibetan: {size.cpt_iterations} steps of "
-              f"{size.cpt_global_batch} x {size.cpt_seq_length} tokens",
+              f"{size.cpt_global_batch} x {size.cpt_seq_length} tokens"
+              + (f", {size.replay:.0%} of the samples zh/en text (replay)" if size.replay else ""),
               [py, "-m", "megatron_tibetan.train", "--config", "configs/cpt/smollm2-135m.yaml",
-               f"data.paths=[{rel(p.cpt_data)}_text_document]", f"data.tokenizer={tok}",
+               f"data.paths={cpt_paths}", *replay, f"data.tokenizer={tok}",
                f"data.cache_dir={rel(out / 'data' / 'cache')}", f"data.seq_length={size.cpt_seq_length}",
                "validation.paths=null", "validation.interval=null", "validation.at_start=false",
                f"checkpoint.load={rel(p.checkpoints('init'))}", f"checkpoint.dir={rel(p.checkpoints('cpt'))}",
@@ -150,7 +177,8 @@ def build_stages(size: Size, out: Path, seed: int = 1234) -> list[Stage]:
                f"batch.global_batch_size={size.cpt_global_batch}", f"batch.micro_batch_size={size.cpt_micro_batch}",
                f"train.iterations={size.cpt_iterations}", f"schedule.warmup_iterations={max(1, size.cpt_iterations // 8)}",
                f"train.seed={seed}"] + lr,
-              outputs=[p.checkpoints("cpt")], needs=["cpt_data", "import"], threads=train_threads,
+              outputs=[p.checkpoints("cpt")], needs=["cpt_data", "import"] + (["replay_data"] if size.replay else []),
+              threads=train_threads,
               clean=[p.checkpoints("cpt"), out / "cpt"]),
     ]
     for arm, start in (("sft", "init"), ("cpt_sft", "cpt")):
@@ -191,11 +219,13 @@ def build_stages(size: Size, out: Path, seed: int = 1234) -> list[Stage]:
     # bootstrap tests every other arm against it
     order = ["cpt_sft", "sft", "cpt", "base"]
     for lang in SOURCE_LANGS:
-        stages.append(Stage(f"eval_{lang}", f"{lang}->bo translation of the {n} lines (greedy, at most {size.max_new_tokens} "
-                            "new tokens): syllable BLEU and chrF with bootstrap intervals, paired tests",
+        stages.append(Stage(f"eval_{lang}", f"{lang}->bo translation of the {n} lines (greedy, at most "
+                            f"{MAX_LENGTH_RATIO[lang]:g} characters per source character and {size.max_new_tokens} "
+                            "tokens): syllable BLEU and chrF with bootstrap intervals, paired tests, source dependence",
                             evaluate + sum((["--model", f"{a}={arms[a]}"] for a in order), []) + [
                                 "--translate", f"{lang}={rel(subset[lang])}", "--ref", rel(subset["bo"]),
-                                "--max-new-tokens", str(size.max_new_tokens), "--batch-size", str(min(n, 50)),
+                                "--max-new-tokens", str(size.max_new_tokens), "--max-length-ratio", f"{lang}={MAX_LENGTH_RATIO[lang]:g}",
+                                "--batch-size", str(min(n, 50)),
                                 "--output", rel(p.evaluation(n) / f"translation_{lang}")],
                             outputs=[p.evaluation(n) / f"translation_{lang}" / "metrics.json"],
                             needs=["flores_subset"] + [f"export_{a}" for a in ("cpt", "sft", "cpt_sft")], threads=1))
@@ -205,6 +235,7 @@ def build_stages(size: Size, out: Path, seed: int = 1234) -> list[Stage]:
                         evaluate + ["--model", f"cpt_sft={arms['cpt_sft']}", "--translate",
                                     ",".join(f"{lang}={rel(subset[lang])}" for lang in SOURCE_LANGS), "--ref", rel(subset["bo"]),
                                     "--limit", str(k), "--phrasings", "all", "--max-new-tokens", str(size.max_new_tokens),
+                                    "--max-length-ratio", ",".join(f"{lang}={MAX_LENGTH_RATIO[lang]:g}" for lang in SOURCE_LANGS),
                                     "--batch-size", str(k), "--bootstrap", "100", "--output", rel(p.evaluation(n) / "phrasings")],
                         outputs=[p.evaluation(n) / "phrasings" / "metrics.json"], needs=["flores_subset", "export_cpt_sft"],
                         threads=1))

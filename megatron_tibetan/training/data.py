@@ -40,7 +40,19 @@ def build_data(cfg: TrainingConfig, tokenizer, dp_size: int) -> RunData:
     train_samples = cfg.train.iterations * cfg.batch.global_batch_size
     valid_samples = cfg.validation.iterations * cfg.batch.micro_batch_size * dp_size
     train, valid = build_datasets(cfg, train_samples, valid_samples, seed, tokenizer)
-    return RunData(train, valid, cfg.train.iterations, cfg.validation.iterations)
+    return RunData(train, valid, cfg.train.iterations, cfg.validation.iterations, notes=[_blend_note(cfg)])
+
+
+def _blend_note(cfg: TrainingConfig) -> str:
+    """The CPT data in one line: each prefix with its share of the samples."""
+    from megatron_tibetan.config import data_blend
+
+    prefixes, weights = data_blend(cfg.data.paths, cfg.data.weights)
+    if not weights:
+        return f"CPT data: {', '.join(prefixes)} ({cfg.data.seq_length}-token samples)"
+    total = sum(weights)
+    return (f"CPT data, a blend ({cfg.data.seq_length}-token samples): "
+            + ", ".join(f"{w / total:.0%} {p}" for p, w in zip(prefixes, weights)))
 
 
 def _sft(cfg: TrainingConfig, dp_size: int, seed: int) -> RunData:
