@@ -211,13 +211,15 @@ def test_tiny_study_hypotheses_rescore_with_sacrebleu(tiny_study):
             assert m[d]["chrf_deranged"] == pytest.approx(deranged, abs=1e-9)
             assert m[d]["source_dependence"] == pytest.approx(m[d]["chrf"] - deranged, abs=1e-9)
             assert report["reference_floor"][d]["chrf"] == pytest.approx(sacrebleu.corpus_chrf(other, [refs]).score, abs=1e-9)
-            # the length-only control: line i + n/4's reference at each hypothesis's length
-            n = len(refs)
-            control = [(refs[(i + n // 4) % n] * (len(h) // max(1, len(refs[(i + n // 4) % n])) + 1))[: len(h)]
-                       for i, h in enumerate(hyps)]
-            length_only = sacrebleu.corpus_chrf(control, [refs]).score - sacrebleu.corpus_chrf(control, [other]).score
-            assert m[d]["source_dependence_length_only"] == pytest.approx(length_only, abs=1e-9)
-            assert m[d]["source_dependence_beyond_length"] == pytest.approx(m[d]["source_dependence"] - length_only, abs=1e-9)
+            # the length-matched swap: each reference against the hypothesis next to its own in length
+            order = sorted(range(len(hyps)), key=lambda i: (len(hyps[i]), i))
+            swapped = [""] * len(hyps)
+            for k in range(0, len(order) - 1, 2):
+                swapped[order[k]], swapped[order[k + 1]] = hyps[order[k + 1]], hyps[order[k]]
+            assert len(hyps) % 2 == 0  # the tiny subset: pairs only
+            matched = sacrebleu.corpus_chrf(swapped, [refs]).score
+            assert m[d]["source_dependence_beyond_length"] == pytest.approx(m[d]["chrf"] - matched, abs=1e-9)
+            assert m[d]["source_dependence_length_only"] == pytest.approx(matched - deranged, abs=1e-9)
             scored += m[d]["chrf"] > 0
     assert scored > 0, "every chrF is 0: the comparison would not test anything"
 

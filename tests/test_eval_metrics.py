@@ -82,15 +82,21 @@ def test_intervals_on_hypotheses_that_often_share_nothing(flores_bo):
 
 def test_length_alone_is_not_taken_for_following_the_source(shared_data):
     """One syllable repeated to each reference's length scores source dependence above 0 (p < 0.05) by its
-    lengths alone; the length-only control takes that away. A copy of the references keeps it all."""
-    from megatron_tibetan.evaluation.metrics import source_dependence
+    lengths alone; the length-matched swap puts nearly all of it under length. A copy of the references
+    keeps nearly all of its dependence beyond length."""
+    from megatron_tibetan.evaluation.metrics import length_matched_swap, source_dependence
 
     refs = (shared_data / "eval" / "flores200.dev.bo").read_text(encoding="utf-8").splitlines()[:100]
     loop = [("བཀྲ་ཤིས་" * 100)[: len(normalize(r))] for r in refs]
     looping = source_dependence(loop, refs, n_bootstrap=200)
-    assert looping["source_dependence"] > 0 and looping["source_dependence_p_value"] < 0.05
-    assert looping["source_dependence_length_only"] > 0
-    assert looping["source_dependence_beyond_length"] < 0 and looping["source_dependence_beyond_length_p_value"] > 0.5
+    assert looping["source_dependence"] > 0.5 and looping["source_dependence_p_value"] < 0.05
+    assert looping["source_dependence_length_only"] > 0.5 and abs(looping["source_dependence_beyond_length"]) < 0.1
     copy = source_dependence(refs, refs, n_bootstrap=200)
     assert copy["source_dependence_beyond_length"] > 50 and copy["source_dependence_beyond_length_p_value"] < 0.01
-    assert "source_dependence_length_only" not in source_dependence(refs[:3], refs[:3], n_bootstrap=0)
+    for m in (looping, copy):
+        assert m["source_dependence_length_only"] + m["source_dependence_beyond_length"] == pytest.approx(m["source_dependence"])
+    # the swap: a derangement that pairs neighbours in length (an odd last three rotate)
+    for hyps in (["a", "bbb", "cc"], ["a", "bb", "ccc", "dddd", "eeeee"], loop):
+        partner = length_matched_swap(hyps)
+        assert sorted(partner) == list(range(len(hyps))) and all(j != i for i, j in enumerate(partner))
+    assert length_matched_swap(["dddd", "a", "ccc", "bb"]) == [2, 3, 0, 1]

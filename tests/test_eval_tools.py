@@ -52,18 +52,17 @@ def test_score_existing_translations(shared_data, tmp_path):
         assert m["chrf_deranged"] == pytest.approx(plain) and m["source_dependence"] == pytest.approx(m["chrf"] - plain)
     assert same["source_dependence"] > 50 and same["source_dependence_p_value"] < 0.01
     assert worse["source_dependence_ci95"][0] < 0 < worse["source_dependence_ci95"][1]
-    # the length-only control: another line's reference at each hypothesis's length, re-scored with plain sacrebleu
-    from megatron_tibetan.evaluation.metrics import length_only_text
+    # the length-matched swap (each reference against the hypothesis next in length), re-scored with plain sacrebleu
+    from megatron_tibetan.evaluation.metrics import length_matched_swap
 
     own_refs = [normalize(r) for r in lines]
     for name, hyp_lines in (("same", lines), ("shuffled", shuffled)):
         m = got["models"][name][ref.name]
-        control = length_only_text(hyp_lines, lines)
-        assert [len(c) for c in control] == [len(normalize(h)) for h in hyp_lines]
-        assert all(c != r and c != o for c, r, o in zip(control, own_refs, other))
-        plain = sacrebleu.corpus_chrf(control, [own_refs]).score - sacrebleu.corpus_chrf(control, [other]).score
-        assert m["source_dependence_length_only"] == pytest.approx(plain)
-        assert m["source_dependence_beyond_length"] == pytest.approx(m["source_dependence"] - plain)
+        swapped = [normalize(hyp_lines[j]) for j in length_matched_swap(hyp_lines)]
+        matched = sacrebleu.corpus_chrf(swapped, [own_refs]).score
+        assert m["chrf_length_matched"] == pytest.approx(matched)
+        assert m["source_dependence_beyond_length"] == pytest.approx(m["chrf"] - matched)
+        assert m["source_dependence_length_only"] == pytest.approx(matched - m["chrf_deranged"])
         assert m["length_ratio"] == pytest.approx(sum(map(len, map(normalize, hyp_lines))) / sum(map(len, own_refs)))
     floor = got["reference_floor"][ref.name]
     assert floor["chrf"] == pytest.approx(sacrebleu.corpus_chrf(other, [[normalize(r) for r in lines]]).score)

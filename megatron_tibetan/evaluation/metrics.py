@@ -22,12 +22,13 @@ there, whatever its chrF. :func:`reference_floor` is the references themselves s
 Tibetan that has nothing to do with the source.
 
 Length alone earns some source dependence: an output whose length follows its source (a length cap does
-that to a model that never stops) matches its own reference's character counts better than another's. The
-**length-only control** (:func:`length_only_text`) is Tibetan unrelated to both references, another line's
-reference cut or repeated to each hypothesis's length; its source dependence is what the hypotheses' lengths
-alone give, and ``source_dependence_beyond_length`` (with its paired interval and p-value) is what the
-content adds. On the first 100 FLORES dev lines, unrelated Tibetan of exactly each reference's length scores
-+3.1 (p = 0.005), one syllable repeated to that length +1.0.
+that to a model that never stops) matches its own reference's character counts better than another's. On
+the first 100 FLORES dev lines, unrelated Tibetan cut to each reference's length scores +3.1 (p = 0.005),
+one syllable repeated to that length +1.0. The **length-matched swap** (:func:`length_matched_swap`) scores
+each reference against the hypothesis of the line next to it in length instead: the same model's output,
+about as long, for another source. It splits the source dependence in two: ``source_dependence_length_only``
+(swap minus derangement: what the lengths give) and ``source_dependence_beyond_length`` (own minus swap:
+what the content adds, with its paired interval and p-value).
 """
 
 from __future__ import annotations
@@ -119,17 +120,21 @@ def _corpus_chrf(stats: np.ndarray) -> float:
     return float(_CHRF()._compute_score_from_stats(list(stats.sum(axis=0))).score)
 
 
-def length_only_text(hyps: Sequence[str], refs: Sequence[str]) -> list[str]:
-    """The length-only control: for line i, the reference of line i + n//4 (mod n), neither i's own nor its
-    deranged one, cut or repeated to the normalised length of hypothesis i. Needs at least 4 lines."""
-    n = len(refs)
-    if n < 4:
-        raise ValueError(f"the length-only control needs at least 4 lines, got {n}")
-    out = []
-    for i, h in enumerate(hyps):
-        other, length = normalize(refs[(i + n // 4) % n]), len(normalize(h))
-        out.append((other * (length // max(1, len(other)) + 1))[:length])
-    return out
+def length_matched_swap(hyps: Sequence[str]) -> list[int]:
+    """For each line, the line whose hypothesis is next to its own in length (normalised characters, ties by
+    line number): lines sorted by length swap in pairs, and an odd last three rotate. Needs 2 lines."""
+    n = len(hyps)
+    if n < 2:
+        raise ValueError(f"a length-matched swap needs at least 2 lines, got {n}")
+    order = sorted(range(n), key=lambda i: (len(normalize(hyps[i])), i))
+    partner = list(range(n))
+    pairs = n - 3 if n % 2 else n
+    for k in range(0, pairs, 2):
+        partner[order[k]], partner[order[k + 1]] = order[k + 1], order[k]
+    if n % 2:
+        a, b, c = order[-3:]
+        partner[a], partner[b], partner[c] = b, c, a
+    return partner
 
 
 def _dependence(own: np.ndarray, deranged: np.ndarray, rows=slice(None)) -> float:
@@ -145,26 +150,21 @@ def _bootstrap(out: dict, key: str, diffs: np.ndarray) -> None:
 def source_dependence(hyps: Sequence[str], refs: Sequence[str], n_bootstrap: int = 1000, seed: int = 12345) -> dict:
     """chrF of ``hyps`` against their own references minus against the deranged ones (:func:`derangement`).
 
-    Returns ``chrf_deranged``, ``source_dependence``; from 4 lines on also the length-only control's
-    (:func:`length_only_text`) ``source_dependence_length_only`` and ``source_dependence_beyond_length`` (the
-    hypotheses' minus the control's). With ``n_bootstrap > 1`` each difference gets its paired bootstrap
-    ``_ci95`` and one-sided ``_p_value`` (the same resampled lines score every term)."""
+    Returns ``chrf_deranged``, ``source_dependence`` and, from the length-matched swap
+    (:func:`length_matched_swap`), ``chrf_length_matched``, ``source_dependence_length_only`` (swap minus
+    derangement) and ``source_dependence_beyond_length`` (own minus swap); they add up to the source
+    dependence. With ``n_bootstrap > 1`` the source dependence and what lies beyond length get their paired
+    bootstrap ``_ci95`` and one-sided ``_p_value`` (the same resampled lines score every term)."""
     _check(hyps, refs, "source dependence")
-    deranged_refs = _deranged(refs)
-    own, deranged = _chrf_stats(hyps, refs), _chrf_stats(hyps, deranged_refs)
-    out = {"chrf_deranged": _corpus_chrf(deranged), "source_dependence": _dependence(own, deranged)}
-    control = None
-    if len(refs) >= 4:
-        text = length_only_text(hyps, refs)
-        control = _chrf_stats(text, refs), _chrf_stats(text, deranged_refs)
-        out["source_dependence_length_only"] = _dependence(*control)
-        out["source_dependence_beyond_length"] = out["source_dependence"] - out["source_dependence_length_only"]
+    own, deranged = _chrf_stats(hyps, refs), _chrf_stats(hyps, _deranged(refs))
+    swapped = _chrf_stats([hyps[j] for j in length_matched_swap(hyps)], refs)
+    out = {"chrf_deranged": _corpus_chrf(deranged), "source_dependence": _dependence(own, deranged),
+           "chrf_length_matched": _corpus_chrf(swapped), "source_dependence_length_only": _dependence(swapped, deranged),
+           "source_dependence_beyond_length": _dependence(own, swapped)}
     if n_bootstrap > 1:
         samples = np.random.default_rng(seed).integers(0, len(refs), size=(n_bootstrap, len(refs)))
-        diffs = np.array([_dependence(own, deranged, s) for s in samples])
-        _bootstrap(out, "source_dependence", diffs)
-        if control is not None:
-            _bootstrap(out, "source_dependence_beyond_length", diffs - np.array([_dependence(*control, s) for s in samples]))
+        _bootstrap(out, "source_dependence", np.array([_dependence(own, deranged, s) for s in samples]))
+        _bootstrap(out, "source_dependence_beyond_length", np.array([_dependence(own, swapped, s) for s in samples]))
     return out
 
 

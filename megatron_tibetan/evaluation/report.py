@@ -118,8 +118,8 @@ def metrics_report(metrics: dict, out: str | Path, significance: dict | None = N
                       "chrF against each line's own reference and against another line's (line i scored against the "
                       "reference of line i + n/2 mod n); their difference, the source dependence, is about 0 for output "
                       "that ignores its source, whatever its chrF [95% paired bootstrap interval; one-sided p]. Length "
-                      "alone earns some: the length-only control (another line's reference cut to each output's length) "
-                      "scores what the outputs' lengths give, and 'beyond length' is what their content adds. "
+                      "alone earns some: scoring each reference against the output next in length (the same model, another "
+                      "source) splits it into what the lengths give and what the content adds ('beyond length'). "
                       + (f"The reference floor, the references scored the same way: {floors}." if floors else ""), ""]
             lines += markdown_table(["model", "set", "chrF", "chrF vs other lines", "source dependence", "p", "length only",
                                      "beyond length", "p", "length / ref"], dependence) + [""]

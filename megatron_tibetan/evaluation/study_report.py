@@ -283,7 +283,20 @@ def _summary_lines(data: dict, lines_n: int) -> list[str]:
         "cpt_sft vs sft, chrF: " + "; ".join(
             f"{LANG[d]} {significance[d]['cpt_sft_vs_sft']['chrf']['delta']:+.2f} (p = {significance[d]['cpt_sft_vs_sft']['chrf']['p_value']:.3f})"
             for d in DIRECTIONS) + f", on {lines_n} sentences",
+        "cpt_sft source dependence (chrF, own reference minus another line's): " + "; ".join(
+            _dependence_summary(models["cpt_sft"][d], LANG[d], (data.get("reference_floor") or {}).get(d)) for d in DIRECTIONS),
     ]
+
+
+def _dependence_summary(m: dict, direction: str, floor: dict | None) -> str:
+    text = f"{direction} {m['source_dependence']:+.2f}"
+    if "source_dependence_p_value" in m:
+        text += f" (p = {m['source_dependence_p_value']:.3f})"
+    if "source_dependence_beyond_length" in m:
+        text += f", beyond length {m['source_dependence_beyond_length']:+.2f}"
+        if "source_dependence_beyond_length_p_value" in m:
+            text += f" (p = {m['source_dependence_beyond_length_p_value']:.3f})"
+    return text + (f", floor {floor['chrf']:.1f}" if floor else "")
 
 
 def write_report(out: Path, size: dict, records: list[dict], seconds_this_run: float, fertility: dict[str, Path],
@@ -517,8 +530,9 @@ def _md_source_dependence(data: dict) -> list[str]:
             "chrF against each line's own reference and against another line's (line i against the reference of "
             "line i + n/2 mod n); the difference is about 0 for output that ignores its source, whatever its chrF "
             "[95% paired bootstrap interval; one-sided p]. Length alone earns some of it (each output stops at a "
-            "length set by its source): the length-only control, another line's reference cut to each output's "
-            "length, scores what the lengths give, and 'beyond length' is what the outputs' content adds."
+            "length set by its source): each reference scored against the output next to its own in length (the same "
+            "arm, about as long, another source) splits it into what the lengths give and what the content adds "
+            "('beyond length')."
             + (f" The reference floor (the references scored the same way, Tibetan unrelated to the source): {floors}."
                if floors else ""), ""] + markdown_table(
         ["direction", "arm", "chrF", "chrF vs other lines", "source dependence", "p", "length only", "beyond length", "p"], rows)

@@ -208,12 +208,17 @@ def build_stages(size: Size, out: Path, seed: int = 1234) -> list[Stage]:
     arms = {"base": base, **{arm: rel(p.hf(arm)) for arm in ("cpt", "sft", "cpt_sft")}}
     models = [f"{name}={path}" for name, path in {"init": rel(p.hf("init")), **arms}.items()]
     evaluate = [py, "tools/evaluate.py"]
-    stages.append(Stage("eval_bpb", f"bits per byte on the first {size.ppl_lines} lines of FLORES-200 dev bo, and of zh "
-                        "and en (what the adaptation cost the base model's languages)",
-                        evaluate + sum((["--model", m] for m in models), []) + [
-                            "--ppl", d["flores_bo"], d["flores_zh"], d["flores_en"], "--limit", str(size.ppl_lines),
-                            "--output", rel(p.bpb)],
-                        outputs=[p.bpb / "metrics.json"], needs=[f"export_{a}" for a in ("init", "cpt", "sft", "cpt_sft")],
+    # single-threaded evaluations, longest first, so that the two cores finish together (the runner starts ready
+    # stages in list order): the phrasings, zh, en, then bits per byte
+    k = min(size.phrasing_lines, n)
+    stages.append(Stage("eval_phrasings", f"cpt_sft asked in each of the 21 trained phrasings, on the first {k} lines "
+                        "per direction: chrF per phrasing and its spread",
+                        evaluate + ["--model", f"cpt_sft={arms['cpt_sft']}", "--translate",
+                                    ",".join(f"{lang}={rel(subset[lang])}" for lang in SOURCE_LANGS), "--ref", rel(subset["bo"]),
+                                    "--limit", str(k), "--phrasings", "all", "--max-new-tokens", str(size.max_new_tokens),
+                                    "--max-length-ratio", ",".join(f"{lang}={MAX_LENGTH_RATIO[lang]:g}" for lang in SOURCE_LANGS),
+                                    "--batch-size", str(k), "--bootstrap", "100", "--output", rel(p.evaluation(n) / "phrasings")],
+                        outputs=[p.evaluation(n) / "phrasings" / "metrics.json"], needs=["flores_subset", "export_cpt_sft"],
                         threads=1))
     # one evaluation per direction (single-threaded, so the two run side by side); cpt_sft first: the paired
     # bootstrap tests every other arm against it
@@ -229,15 +234,12 @@ def build_stages(size: Size, out: Path, seed: int = 1234) -> list[Stage]:
                                 "--output", rel(p.evaluation(n) / f"translation_{lang}")],
                             outputs=[p.evaluation(n) / f"translation_{lang}" / "metrics.json"],
                             needs=["flores_subset"] + [f"export_{a}" for a in ("cpt", "sft", "cpt_sft")], threads=1))
-    k = min(size.phrasing_lines, n)
-    stages.append(Stage("eval_phrasings", f"cpt_sft asked in each of the 21 trained phrasings, on the first {k} lines "
-                        "per direction: chrF per phrasing and its spread",
-                        evaluate + ["--model", f"cpt_sft={arms['cpt_sft']}", "--translate",
-                                    ",".join(f"{lang}={rel(subset[lang])}" for lang in SOURCE_LANGS), "--ref", rel(subset["bo"]),
-                                    "--limit", str(k), "--phrasings", "all", "--max-new-tokens", str(size.max_new_tokens),
-                                    "--max-length-ratio", ",".join(f"{lang}={MAX_LENGTH_RATIO[lang]:g}" for lang in SOURCE_LANGS),
-                                    "--batch-size", str(k), "--bootstrap", "100", "--output", rel(p.evaluation(n) / "phrasings")],
-                        outputs=[p.evaluation(n) / "phrasings" / "metrics.json"], needs=["flores_subset", "export_cpt_sft"],
+    stages.append(Stage("eval_bpb", f"bits per byte on the first {size.ppl_lines} lines of FLORES-200 dev bo, and of zh "
+                        "and en (what the adaptation cost the base model's languages)",
+                        evaluate + sum((["--model", m] for m in models), []) + [
+                            "--ppl", d["flores_bo"], d["flores_zh"], d["flores_en"], "--limit", str(size.ppl_lines),
+                            "--output", rel(p.bpb)],
+                        outputs=[p.bpb / "metrics.json"], needs=[f"export_{a}" for a in ("init", "cpt", "sft", "cpt_sft")],
                         threads=1))
     stages += [
         Stage("layers_chain", "layer-wise analysis, chained: base -> cpt -> cpt_sft",
