@@ -17,7 +17,7 @@ import sacrebleu
 
 from megatron_tibetan.study.recipe import MAX_LENGTH_RATIO, TINY
 from megatron_tibetan.study.runner import Stage, StageFailed, run_stages
-from megatron_tibetan.text import normalize, segment_for_bleu
+from megatron_tibetan.text import normalize, segment_for_bleu, tibetan_only
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -220,6 +220,9 @@ def test_tiny_study_hypotheses_rescore_with_sacrebleu(tiny_study):
             matched = sacrebleu.corpus_chrf(swapped, [refs]).score
             assert m[d]["source_dependence_beyond_length"] == pytest.approx(m[d]["chrf"] - matched, abs=1e-9)
             assert m[d]["source_dependence_length_only"] == pytest.approx(matched - deranged, abs=1e-9)
+            tibetan = [tibetan_only(h) for h in hyps]
+            in_tibetan = sacrebleu.corpus_chrf(tibetan, [refs]).score - sacrebleu.corpus_chrf(tibetan, [other]).score
+            assert m[d]["source_dependence_tibetan"] == pytest.approx(in_tibetan, abs=1e-9)
             scored += m[d]["chrf"] > 0
     assert scored > 0, "every chrF is 0: the comparison would not test anything"
 

@@ -100,3 +100,23 @@ def test_length_alone_is_not_taken_for_following_the_source(shared_data):
         partner = length_matched_swap(hyps)
         assert sorted(partner) == list(range(len(hyps))) and all(j != i for i, j in enumerate(partner))
     assert length_matched_swap(["dddd", "a", "ccc", "bb"]) == [2, 3, 0, 1]
+
+
+def test_copied_digits_follow_the_source_but_not_in_tibetan(shared_data):
+    """Output that copies the digits and Latin of its line (what reference and source share) after a fixed
+    Tibetan phrase follows its source; the
+    source dependence of its Tibetan runs alone is 0. A copy of the references keeps it in Tibetan."""
+    import re
+
+    from megatron_tibetan.evaluation.metrics import source_dependence
+    from megatron_tibetan.text import tibetan_only
+
+    assert tibetan_only("ས། 9:30 39C ཡས།") == "ས། ཡས།"
+    refs = (shared_data / "eval" / "flores200.dev.bo").read_text(encoding="utf-8").splitlines()[:100]
+    copied = ["བཀྲ་ཤིས་ " + " ".join(re.findall(r"[0-9A-Za-z]+", normalize(r))) for r in refs]
+    assert sum(bool(re.search("[0-9A-Za-z]", r)) for r in refs) > 20  # the references do carry digits and Latin
+    m = source_dependence(copied, refs, n_bootstrap=200)
+    assert m["source_dependence"] > 0.5 and m["source_dependence_p_value"] < 0.05
+    assert m["source_dependence_tibetan"] == pytest.approx(0.0, abs=1e-9)
+    copy = source_dependence(refs, refs, n_bootstrap=200)
+    assert copy["source_dependence_tibetan"] > 50 and copy["source_dependence_tibetan_p_value"] < 0.01

@@ -28,7 +28,9 @@ one syllable repeated to that length +1.0. The **length-matched swap** (:func:`l
 each reference against the hypothesis of the line next to it in length instead: the same model's output,
 about as long, for another source. It splits the source dependence in two: ``source_dependence_length_only``
 (swap minus derangement: what the lengths give) and ``source_dependence_beyond_length`` (own minus swap:
-what the content adds, with its paired interval and p-value).
+what the content adds, with its paired interval and p-value). A model can follow its source without writing
+any of it in Tibetan, by copying digits, times and names: ``source_dependence_tibetan`` is the source
+dependence of the outputs' Tibetan runs alone (:func:`megatron_tibetan.text.tibetan_only`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import numpy as np
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest
 
-from megatron_tibetan.text import normalize, segment_for_bleu
+from megatron_tibetan.text import normalize, segment_for_bleu, tibetan_only
 
 
 def syllable_view(text: str) -> str:
@@ -153,18 +155,23 @@ def source_dependence(hyps: Sequence[str], refs: Sequence[str], n_bootstrap: int
     Returns ``chrf_deranged``, ``source_dependence`` and, from the length-matched swap
     (:func:`length_matched_swap`), ``chrf_length_matched``, ``source_dependence_length_only`` (swap minus
     derangement) and ``source_dependence_beyond_length`` (own minus swap); they add up to the source
-    dependence. With ``n_bootstrap > 1`` the source dependence and what lies beyond length get their paired
-    bootstrap ``_ci95`` and one-sided ``_p_value`` (the same resampled lines score every term)."""
+    dependence; ``source_dependence_tibetan``, the same of the hypotheses' Tibetan runs alone. With
+    ``n_bootstrap > 1`` these three get their paired bootstrap ``_ci95`` and one-sided ``_p_value`` (the
+    same resampled lines score every term)."""
     _check(hyps, refs, "source dependence")
     own, deranged = _chrf_stats(hyps, refs), _chrf_stats(hyps, _deranged(refs))
     swapped = _chrf_stats([hyps[j] for j in length_matched_swap(hyps)], refs)
     out = {"chrf_deranged": _corpus_chrf(deranged), "source_dependence": _dependence(own, deranged),
            "chrf_length_matched": _corpus_chrf(swapped), "source_dependence_length_only": _dependence(swapped, deranged),
            "source_dependence_beyond_length": _dependence(own, swapped)}
+    tibetan = [tibetan_only(normalize(h)) for h in hyps]
+    own_bo, deranged_bo = _chrf_stats(tibetan, refs), _chrf_stats(tibetan, _deranged(refs))
+    out["source_dependence_tibetan"] = _dependence(own_bo, deranged_bo)
     if n_bootstrap > 1:
         samples = np.random.default_rng(seed).integers(0, len(refs), size=(n_bootstrap, len(refs)))
         _bootstrap(out, "source_dependence", np.array([_dependence(own, deranged, s) for s in samples]))
         _bootstrap(out, "source_dependence_beyond_length", np.array([_dependence(own, swapped, s) for s in samples]))
+        _bootstrap(out, "source_dependence_tibetan", np.array([_dependence(own_bo, deranged_bo, s) for s in samples]))
     return out
 
 

@@ -110,7 +110,9 @@ def metrics_report(metrics: dict, out: str | Path, significance: dict | None = N
         dependence = [[m, s, f"{v['chrf']:.2f}", f"{v['chrf_deranged']:.2f}", _interval(v, "source_dependence"),
                        _fmt(v.get("source_dependence_p_value"), 3), _fmt(v.get("source_dependence_length_only"), 2),
                        _interval(v, "source_dependence_beyond_length") if "source_dependence_beyond_length" in v else "–",
-                       _fmt(v.get("source_dependence_beyond_length_p_value"), 3), f"{v['length_ratio']:.2f}"]
+                       _fmt(v.get("source_dependence_beyond_length_p_value"), 3),
+                       _interval(v, "source_dependence_tibetan") if "source_dependence_tibetan" in v else "–",
+                       f"{v['length_ratio']:.2f}"]
                       for m, sets in metrics.items() for s, v in sets.items() if "source_dependence" in v]
         if dependence:
             floors = "; ".join(f"{name}: chrF {f['chrf']:.2f} on {f['lines']} lines" for name, f in (reference_floor or {}).items())
@@ -119,10 +121,11 @@ def metrics_report(metrics: dict, out: str | Path, significance: dict | None = N
                       "reference of line i + n/2 mod n); their difference, the source dependence, is about 0 for output "
                       "that ignores its source, whatever its chrF [95% paired bootstrap interval; one-sided p]. Length "
                       "alone earns some: scoring each reference against the output next in length (the same model, another "
-                      "source) splits it into what the lengths give and what the content adds ('beyond length'). "
+                      "source) splits it into what the lengths give and what the content adds ('beyond length'); 'in Tibetan' "
+                      "scores the outputs' Tibetan runs alone (copied digits and names follow a source without translating it). "
                       + (f"The reference floor, the references scored the same way: {floors}." if floors else ""), ""]
             lines += markdown_table(["model", "set", "chrF", "chrF vs other lines", "source dependence", "p", "length only",
-                                     "beyond length", "p", "length / ref"], dependence) + [""]
+                                     "beyond length", "p", "in Tibetan", "length / ref"], dependence) + [""]
         png = plots.metric_bars(metrics, METRIC_COLUMNS, out / "translation.png", "score (95% bootstrap interval)")
         lines += [f"![translation]({png.name})", ""]
     spread = [[m, s, v["mean"], v["stdev"], v["min"], v["max"], " ".join(f"{k}:{c:.2f}" for k, c in v["chrf"].items())]

@@ -49,7 +49,8 @@ LANG = {"zh-bo": "zh→bo", "en-bo": "en→bo"}
 # whether an output follows its source (evaluation.metrics.source_dependence), per arm and direction
 SOURCE_DEPENDENCE = ("chrf_deranged", "source_dependence", "source_dependence_ci95", "source_dependence_p_value",
                      "source_dependence_length_only", "source_dependence_beyond_length",
-                     "source_dependence_beyond_length_ci95", "source_dependence_beyond_length_p_value")
+                     "source_dependence_beyond_length_ci95", "source_dependence_beyond_length_p_value",
+                     "source_dependence_tibetan", "source_dependence_tibetan_ci95", "source_dependence_tibetan_p_value")
 # published chrF into Tibetan, with the split each was measured on (ours is FLORES-200 dev: not the same lines)
 PUBLISHED = (
     ("en-bo", "NLLB-200 1.3B", 32.4, "FLORES-200 devtest"),
@@ -296,6 +297,10 @@ def _dependence_summary(m: dict, direction: str, floor: dict | None) -> str:
         text += f", beyond length {m['source_dependence_beyond_length']:+.2f}"
         if "source_dependence_beyond_length_p_value" in m:
             text += f" (p = {m['source_dependence_beyond_length_p_value']:.3f})"
+    if "source_dependence_tibetan" in m:
+        text += f", in Tibetan {m['source_dependence_tibetan']:+.2f}"
+        if "source_dependence_tibetan_p_value" in m:
+            text += f" (p = {m['source_dependence_tibetan_p_value']:.3f})"
     return text + (f", floor {floor['chrf']:.1f}" if floor else "")
 
 
@@ -521,7 +526,9 @@ def _md_source_dependence(data: dict) -> list[str]:
              _fmt_ci(m["source_dependence"], m.get("source_dependence_ci95")), p_value(m, "source_dependence_p_value"),
              f"{m['source_dependence_length_only']:.2f}" if "source_dependence_length_only" in m else "–",
              _fmt_ci(m["source_dependence_beyond_length"], m.get("source_dependence_beyond_length_ci95"))
-             if "source_dependence_beyond_length" in m else "–", p_value(m, "source_dependence_beyond_length_p_value")]
+             if "source_dependence_beyond_length" in m else "–", p_value(m, "source_dependence_beyond_length_p_value"),
+             _fmt_ci(m["source_dependence_tibetan"], m.get("source_dependence_tibetan_ci95"))
+             if "source_dependence_tibetan" in m else "–", p_value(m, "source_dependence_tibetan_p_value")]
             for d in DIRECTIONS for a in ARMS if "source_dependence" in (m := models[a][d])]
     if not rows:
         return []
@@ -532,10 +539,12 @@ def _md_source_dependence(data: dict) -> list[str]:
             "[95% paired bootstrap interval; one-sided p]. Length alone earns some of it (each output stops at a "
             "length set by its source): each reference scored against the output next to its own in length (the same "
             "arm, about as long, another source) splits it into what the lengths give and what the content adds "
-            "('beyond length')."
+            "('beyond length'). 'In Tibetan' is the source dependence of the outputs' Tibetan runs alone: "
+            "copied digits, times and names follow the source without translating it."
             + (f" The reference floor (the references scored the same way, Tibetan unrelated to the source): {floors}."
                if floors else ""), ""] + markdown_table(
-        ["direction", "arm", "chrF", "chrF vs other lines", "source dependence", "p", "length only", "beyond length", "p"], rows)
+        ["direction", "arm", "chrF", "chrF vs other lines", "source dependence", "p", "length only", "beyond length", "p",
+         "in Tibetan", "p"], rows)
 
 
 def _md_published(data: dict) -> list[str]:

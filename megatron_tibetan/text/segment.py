@@ -35,6 +35,12 @@ def segment_for_bleu(text: str) -> str:
     return " ".join(t for t in _TOKEN.findall(text) if t not in _SEPARATOR)
 
 
+def tibetan_only(text: str) -> str:
+    """The Tibetan runs of ``text`` (U+0F00..U+0FFF), joined by single spaces: what is left of an output
+    once digits, Latin and Chinese copied from the source are taken out."""
+    return " ".join(_TIBETAN_RUN.findall(text))
+
+
 def tibetan_ratio(text: str) -> float:
     """Share of non-space characters in the Tibetan block U+0F00..U+0FFF (0.0 for empty text)."""
     # regex runs instead of a per-character loop: this is called on every document of a corpus
