@@ -83,7 +83,9 @@ def dtype_name(name: str) -> str:
 
 @dataclass
 class PrecisionConfig:
-    dtype: str = "float32"  # float32 | bfloat16 (fp32, bf16: the same)
+    # float32 | bfloat16 (fp32, bf16: the same) | auto: bf16 where the device computes it natively, else fp32
+    # (precision.py; resolved at start-up, the run's config.yaml keeps the choice)
+    dtype: str = "float32"
     fp8: Optional[str] = None  # None | hybrid | e4m3 (Transformer Engine only)
     fp8_recipe: str = "delayed"  # delayed | tensorwise | mxfp8 | blockwise
     fp8_amax_history_len: int = 1024
@@ -183,7 +185,7 @@ CHOICES = {
     "data.kind": ("gpt", "sft"),
     "model.transformer_impl": ("auto", "local", "transformer_engine"),
     "model.recompute_granularity": (None, "full", "selective"),
-    "precision.dtype": ("float32", "bfloat16"),
+    "precision.dtype": ("float32", "bfloat16", "auto"),
     "precision.fp8": (None, "hybrid", "e4m3"),
     "precision.fp8_recipe": ("delayed", "tensorwise", "mxfp8", "blockwise"),
     "optimizer.name": ("adam",),

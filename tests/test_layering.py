@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "megatron_tibetan"
 
 # bottom to top; a module may import its own layer and the ones below
 LAYERS = [
-    {"config", "cpu", "checkpoint_dir", "distributed", "hf_dir", "presets", "run_measured"},
+    {"config", "cpu", "checkpoint_dir", "distributed", "hf_dir", "precision", "presets", "run_measured"},
     {"text"},
     {"tokenizer"},
     {"data"},

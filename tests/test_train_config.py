@@ -135,10 +135,31 @@ def test_one_precision_vocabulary_with_the_short_names_as_aliases():
     assert all(load_config(p).precision.dtype in DTYPES for p in (ROOT / "configs").glob("*/*.yaml"))
     import subprocess
     import sys
-    for flag in ("bf16", "bfloat16"):
+    for flag in ("bf16", "bfloat16", "auto"):
         out = subprocess.run([sys.executable, str(ROOT / "tools/evaluate.py"), "--dtype", flag, "--help"],
                              capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("flags, auto", [({"amx_bf16", "avx512_bf16", "avx512f"}, "bfloat16"),
+                                         ({"avx512_bf16"}, "bfloat16"), ({"avx2", "avx512f"}, "float32")])
+def test_precision_auto_follows_the_cpu_flags(monkeypatch, flags, auto):
+    """auto is bf16 where the CPU computes it natively (AMX-BF16 or AVX512-BF16), fp32 elsewhere, with the reason;
+    an explicit bf16 without native support runs with a warning; an explicit fp32 says nothing."""
+    from megatron_tibetan import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
+    cfg = load_config(TINY, ["precision.dtype=auto"])
+    note = checks.resolve_precision(cfg, "cpu")
+    assert cfg.precision.dtype == auto and note.startswith(f"precision auto -> {auto}: the CPU ")
+    assert ("has amx_bf16" in note or "has avx512_bf16" in note) == (auto == "bfloat16")
+    cfg = load_config(TINY, ["precision.dtype=bf16"])
+    note = checks.resolve_precision(cfg, "cpu")
+    assert cfg.precision.dtype == "bfloat16" and (note is None) == (auto == "bfloat16")
+    if note:
+        assert note.startswith("warning: bfloat16 asked for, but the CPU has neither amx_bf16 nor avx512_bf16")
+    cfg = load_config(TINY)
+    assert checks.resolve_precision(cfg, "cpu") is None and cfg.precision.dtype == "float32"
 
 
 def test_list_elements_are_type_checked():

@@ -72,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals and paired tests")
     p.add_argument("--tokenizer", help="tokenizer spec when the model directory has none")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", type=dtype_name, choices=["float32", "bfloat16", "float16"],
-                   help="weights and activations (bf16, fp32, fp16 are read as the long names)")
+    p.add_argument("--dtype", default="float32", type=dtype_name, choices=["float32", "bfloat16", "float16", "auto"],
+                   help="weights and activations (bf16, fp32, fp16 are read as the long names; auto: bf16 where the "
+                        "device computes it natively, else fp32); log-probabilities are summed in fp32 either way")
     p.add_argument("--template", choices=TEMPLATES, default="auto",
                    help="chat template of the prompts, as given to tools/prepare_sft.py (auto: the model's own if it has one, else plain)")
     p.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template file (as tools/prepare_sft.py --chat-template)")

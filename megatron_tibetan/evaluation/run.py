@@ -16,6 +16,7 @@ from megatron_tibetan.data.prompts import phrasings as direction_phrasings
 from megatron_tibetan.evaluation import metrics, models, report
 from megatron_tibetan.evaluation.perplexity import perplexity
 from megatron_tibetan.evaluation.translate import translate
+from megatron_tibetan.precision import resolve_dtype
 from megatron_tibetan.text.readers import read_lines
 
 
@@ -81,6 +82,9 @@ def evaluate(
     ``max_length_ratio``: {source language: R}, each translation stops at R characters per source character."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    dtype, note = resolve_dtype(dtype, device.split(":")[0])
+    if note:
+        print(f"[evaluate] {note}", flush=True)
     translations = translations or {}
     if translations and not ref:
         raise ValueError("translation needs --ref (the Tibetan reference, line-aligned with the sources)")
@@ -102,7 +106,7 @@ def evaluate(
         results[name] = {}
         for set_name, lines in texts.items():
             docs = ["\n".join(lines)] if whole_file else lines
-            results[name][set_name] = perplexity(model, tok, docs, max_length, stride, batch_tokens=batch_size * 1024).as_dict()
+            results[name][set_name] = perplexity(model, tok, docs, max_length, stride, batch_tokens=batch_size * 1024).as_dict() | {"dtype": dtype}
         encoder = ChatEncoder(tok, template, chat_template=template_text) if sources else None
         for lang, lines in sources.items():
             ratio = (max_length_ratio or {}).get(lang)
@@ -113,7 +117,7 @@ def evaluate(
                     out_lines = translate(model, encoder, lines, lang, num_beams=b, batch_size=batch_size,
                                           max_new_tokens=max_new_tokens, phrasing=k, max_length_ratio=ratio)
                     timing = {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu,
-                              "max_new_tokens": max_new_tokens, "max_length_ratio": ratio}
+                              "max_new_tokens": max_new_tokens, "max_length_ratio": ratio, "dtype": dtype}
                     hyp_path(out, name, set_name).write_text("".join(h + "\n" for h in out_lines), encoding="utf-8")
                     hyps.setdefault(set_name, {})[name] = out_lines
                     results[name][set_name] = metrics.score(out_lines, refs, n_bootstrap, where=set_name) | timing

@@ -48,6 +48,7 @@ class Size:
     lr: float | None = None  # both stages' peak learning rate (None: the configs')
     replay: float = 0.0  # share of CPT samples drawn from base-language (zh, en) text instead of Tibetan
     replay_documents: int = 5000  # zh then en lines of the OpenPecha parallel files, preprocessed for replay
+    precision: str = "auto"  # training and evaluation: bf16 where the CPU computes it natively, else fp32
 
 
 # About 14 minutes of stages on an idle 2-core machine (measured figures in docs/study.md).
@@ -117,7 +118,10 @@ def build_stages(size: Size, out: Path, seed: int = 1234) -> list[Stage]:
     tok = rel(p.tokenizer)
     base = rel(p.base_model) if size.tiny_model else "smollm2"
     stages: list[Stage] = []
-    lr = [f"optimizer.lr={size.lr}", f"optimizer.min_lr={size.lr / 10}"] if size.lr else []
+    # overrides both training stages take
+    both_stages = [f"precision.dtype={size.precision}"]
+    if size.lr:
+        both_stages += [f"optimizer.lr={size.lr}", f"optimizer.min_lr={size.lr / 10}"]
     train_threads = 1 if size.tiny_model else None  # a tiny model gains nothing from threads: two stages share the cores
     if size.tiny_model:
         stages.append(Stage("tiny_model", "random tiny Llama with SmolLM2's tokenizer (the tiny study's base model)",
@@ -176,7 +180,7 @@ def build_stages(size: Size, out: Path, seed: int = 1234) -> list[Stage]:
                "checkpoint.save_interval=null", f"logging.dir={rel(out / 'cpt')}", "logging.progress=false",
                f"batch.global_batch_size={size.cpt_global_batch}", f"batch.micro_batch_size={size.cpt_micro_batch}",
                f"train.iterations={size.cpt_iterations}", f"schedule.warmup_iterations={max(1, size.cpt_iterations // 8)}",
-               f"train.seed={seed}"] + lr,
+               f"train.seed={seed}"] + both_stages,
               outputs=[p.checkpoints("cpt")], needs=["cpt_data", "import"] + (["replay_data"] if size.replay else []),
               threads=train_threads,
               clean=[p.checkpoints("cpt"), out / "cpt"]),
@@ -190,7 +194,7 @@ def build_stages(size: Size, out: Path, seed: int = 1234) -> list[Stage]:
              f"checkpoint.load={rel(p.checkpoints(start))}", f"checkpoint.dir={rel(p.checkpoints(arm))}",
              "checkpoint.save_interval=null", f"logging.dir={rel(out / arm)}", "logging.progress=false",
              f"batch.global_batch_size={size.sft_global_batch}", "batch.micro_batch_size=1", "train.epochs=null",
-             f"train.iterations={size.sft_iterations}", "validation.interval=null", f"train.seed={seed}"] + lr,
+             f"train.iterations={size.sft_iterations}", "validation.interval=null", f"train.seed={seed}"] + both_stages,
             outputs=[p.checkpoints(arm)], needs=["sft_data", "import" if start == "init" else "cpt"], threads=train_threads,
             clean=[p.checkpoints(arm), out / arm]))
     for arm in ("init", *ARMS[1:]):
@@ -207,7 +211,7 @@ def build_stages(size: Size, out: Path, seed: int = 1234) -> list[Stage]:
                         outputs=list(subset.values()), threads=1))
     arms = {"base": base, **{arm: rel(p.hf(arm)) for arm in ("cpt", "sft", "cpt_sft")}}
     models = [f"{name}={path}" for name, path in {"init": rel(p.hf("init")), **arms}.items()]
-    evaluate = [py, "tools/evaluate.py"]
+    evaluate = [py, "tools/evaluate.py", "--dtype", size.precision]
     # single-threaded evaluations, longest first, so that the two cores finish together (the runner starts ready
     # stages in list order): the phrasings, zh, en, then bits per byte
     k = min(size.phrasing_lines, n)

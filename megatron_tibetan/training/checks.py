@@ -7,6 +7,7 @@ import importlib.util
 import torch
 
 from megatron_tibetan.config import ConfigError
+from megatron_tibetan.precision import resolve_dtype
 
 
 def resolve_device(cfg) -> str:
@@ -53,6 +54,12 @@ def check_device(cfg, device: str, use_te: bool) -> None:
                 f"precision.fp8 needs a Hopper/Ada (compute capability >= 8.9) GPU; "
                 f"{torch.cuda.get_device_name()} is {major}.{minor}"
             )
+
+
+def resolve_precision(cfg, device: str) -> str | None:
+    """Sets ``precision.dtype`` "auto" to what ``device`` computes natively; the note to print, if any."""
+    cfg.precision.dtype, note = resolve_dtype(cfg.precision.dtype, device)
+    return note
 
 
 def check_world(cfg, world_size: int) -> int:

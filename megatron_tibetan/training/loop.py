@@ -66,6 +66,7 @@ class Trainer:
         self.device = checks.resolve_device(cfg)
         self.use_te = checks.use_transformer_engine(cfg, self.device)
         checks.check_device(cfg, self.device, self.use_te)
+        precision_note = checks.resolve_precision(cfg, self.device)
         self.dp_size = checks.check_world(cfg, world()[1])
         if cfg.data.kind == "gpt":  # fail on missing or damaged data before anything is built
             check_cpt_data(cfg)
@@ -81,6 +82,8 @@ class Trainer:
         self.metrics = MetricsLogger(log_dir, enabled=self.rank == 0, tensorboard=cfg.logging.tensorboard,
                                      progress=cfg.logging.progress, total=cfg.train.iterations)
         self.packed = cfg.data.kind == "sft" and cfg.data.pack
+        if precision_note:
+            self.metrics.message(precision_note)
         if cfg.checkpoint.dir:  # before the first save: the writer's helpers then outlive a group-wide stop signal
             note = shield_checkpoint_writer(cfg.train.exit_signals)
             if note:
