@@ -44,12 +44,10 @@ def native_bf16(device: str) -> tuple[bool, str]:
 def resolve_dtype(dtype: str, device: str) -> tuple[str, str | None]:
     """(torch dtype name, note) for ``dtype`` on ``device``: "auto" becomes bfloat16 or float32 with the reason;
     an explicit bfloat16 on a device without native bf16 runs, with a note that it will be slow."""
+    if dtype not in ("auto", "bfloat16"):
+        return dtype, None
+    native, why = native_bf16(device)
     if dtype == "auto":
-        native, why = native_bf16(device)
         chosen = "bfloat16" if native else "float32"
         return chosen, f"precision auto -> {chosen}: {why}"
-    if dtype == "bfloat16":
-        native, why = native_bf16(device)
-        if not native:
-            return dtype, f"warning: bfloat16 asked for, but {why}: expect it to be slow"
-    return dtype, None
+    return dtype, None if native else f"warning: bfloat16 asked for, but {why}: expect it to be slow"

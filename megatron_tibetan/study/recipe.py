@@ -51,7 +51,8 @@ class Size:
     precision: str = "auto"  # training and evaluation: bf16 where the CPU computes it natively, else fp32
 
 
-# About 14 minutes of stages on an idle 2-core machine (measured figures in docs/study.md).
+# About 11 minutes of stages on an idle 2-core AMX machine in bf16, about 22 in fp32 on a 2-core AVX2 one
+# (measured figures in docs/study.md).
 DEMO = Size("demo", tokenizer_lines=30000, new_tokens=4000, documents=3000, cpt_iterations=24, cpt_global_batch=4,
             cpt_micro_batch=2, cpt_seq_length=256, sft_iterations=24, sft_global_batch=2, sft_seq_length=512,
             flores_lines=40, ppl_lines=20, max_new_tokens=128, phrasing_lines=8)
